@@ -1,0 +1,238 @@
+"""Triton kernels of the reversible LIF node (torch twin: ``revsnn/reference/rev_lif.py``).
+
+Each program owns BLOCK neuron pairs and walks all T steps with the state in registers.
+Tensors are viewed as [T, A, 2, R]: pair p = a*R + r has group 1 at a*2R + r = a*R + p and
+group 2 R elements further; a step is N = 2*A*R elements. Pointers advance by N per step, so
+no index is ever formed as t*N in 32 bits.
+
+Integer units: potentials 2**-F; y 2**-FY (yq = S*2**FY + ALPHA_SIGN*q); x 2**-(FY + a) (q).
+A state word below -2**30 is a poison marker INT32_MIN + code (revsnn/_config.py ERROR_CODES).
+"""
+import triton
+import triton.language as tl
+
+from .neuron import charge, fire_reset, reset_grad
+from .surrogate import surrogate_grad
+
+V_MAX = tl.constexpr(1073741823)       # 2**30 - 1
+POISON_LIMIT = tl.constexpr(-1073741824)
+
+
+@triton.jit
+def _to_acc(v, ACC_F64: tl.constexpr):
+    if ACC_F64:
+        r = v.to(tl.float64)
+    else:
+        r = v.to(tl.float32)
+    return r
+
+
+@triton.jit
+def _poison(v, code):
+    """Final-state word: v, or INT32_MIN + code where code != 0."""
+    return tl.where(code != 0, code - 2147483647 - 1, v.to(tl.int32))
+
+
+@triton.jit
+def _poison_code(w):
+    """Error code carried by a state word (0 for a healthy one)."""
+    return tl.where(w < POISON_LIMIT, w + 2147483647 + 1, 0)
+
+
+@triton.jit
+def _load_state(v0_ptr, off, mask, F: tl.constexpr, V0_MODE: tl.constexpr):
+    """Initial potential (int64) and error code; V0_MODE 0: zeros, 1: int32 state, 2: float."""
+    if V0_MODE == 0:
+        v = tl.zeros(off.shape, dtype=tl.int64)
+        code = tl.zeros(off.shape, dtype=tl.int32)
+    elif V0_MODE == 1:
+        w = tl.load(v0_ptr + off, mask=mask, other=0)
+        code = _poison_code(w)
+        v = w.to(tl.int64)
+    else:
+        # float64 makes v*2**F + 0.5 exact, so this is round-half-up on every device
+        f = tl.load(v0_ptr + off, mask=mask, other=0).to(tl.float64) * (1 << F) + 0.5
+        ok = tl.abs(f) <= V_MAX
+        v = tl.where(ok, tl.floor(f), 0).to(tl.int64)
+        code = tl.where(ok, 0, 4)
+    return v, code
+
+
+@triton.jit
+def rev_lif_fwd_kernel(
+    x_ptr, v0_ptr, y_ptr, vT_ptr, stash_ptr, m_ptr,
+    T, P, R, N,
+    c_tau, vth, vr, x_scale, qmax,
+    F: tl.constexpr, FY: tl.constexpr, X_SHIFT: tl.constexpr, ALPHA_SIGN: tl.constexpr,
+    K1: tl.constexpr, K2: tl.constexpr, SPW: tl.constexpr,
+    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, V0_MODE: tl.constexpr,
+    WRITE_STASH: tl.constexpr, SAVE_M: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """y, final state and (WRITE_STASH) the shifted-out bits for all T steps; SAVE_M also
+    stores the pre-reset potentials M1, M2 (int32) for the recompute-style backward."""
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < P
+    off1 = (p // R) * R + p
+    off2 = off1 + R
+    v1, c1 = _load_state(v0_ptr, off1, mask, F, V0_MODE)
+    v2, c2 = _load_state(v0_ptr, off2, mask, F, V0_MODE)
+    code = c1 | c2
+    one_y = 1 << FY
+    word = tl.zeros([BLOCK], dtype=tl.int32)
+    sp = stash_ptr + p
+    xp = x_ptr + off1
+    yp = y_ptr + off1
+    mp = m_ptr + off1
+    for t in range(T):
+        # x*x_scale is exact (a power of two), so only the + 0.5 rounds, identically everywhere
+        qf1 = tl.floor(_to_acc(tl.load(xp, mask=mask, other=0), ACC_F64) * x_scale + 0.5)
+        qf2 = tl.floor(_to_acc(tl.load(xp + R, mask=mask, other=0), ACC_F64) * x_scale + 0.5)
+        ok = (tl.abs(qf1) <= qmax) & (tl.abs(qf2) <= qmax)
+        code = code | tl.where(ok, 0, 1)
+        q1 = tl.where(ok, qf1, 0).to(tl.int64)
+        q2 = tl.where(ok, qf2, 0).to(tl.int64)
+
+        m1 = charge(v1, q1 << X_SHIFT, c_tau, vr, F, DECAY_INPUT)
+        s1, u1 = fire_reset(m1, vth, vr, HARD)
+        yq1 = s1.to(tl.int64) * one_y + ALPHA_SIGN * q2
+        v1n = u1 - (v2 >> K1)
+        m2 = charge(v1n, yq1 << (F - FY), c_tau, vr, F, DECAY_INPUT)
+        s2, u2 = fire_reset(m2, vth, vr, HARD)
+        yq2 = s2.to(tl.int64) * one_y + ALPHA_SIGN * q1
+        v2n = u2 + (v1 >> K2)
+        big = ((tl.abs(m1) > V_MAX) | (tl.abs(m2) > V_MAX)
+               | (tl.abs(v1n) > V_MAX) | (tl.abs(v2n) > V_MAX))
+        code = code | tl.where(big, 2, 0)
+
+        ty = y_ptr.dtype.element_ty
+        tl.store(yp, (_to_acc(yq1, ACC_F64) * (1.0 / one_y)).to(ty), mask=mask)
+        tl.store(yp + R, (_to_acc(yq2, ACC_F64) * (1.0 / one_y)).to(ty), mask=mask)
+        if SAVE_M:
+            tl.store(mp, m1.to(tl.int32), mask=mask)
+            tl.store(mp + R, m2.to(tl.int32), mask=mask)
+            mp += N
+        if WRITE_STASH:
+            j = t % SPW
+            lo = (v2 & ((1 << K1) - 1)) | ((v1 & ((1 << K2) - 1)) << K1)
+            word = word | (lo.to(tl.int32) << (j * (K1 + K2)))
+            if (j == SPW - 1) | (t == T - 1):
+                tl.store(sp, word, mask=mask)
+                word = tl.zeros([BLOCK], dtype=tl.int32)
+                sp += P
+        v1 = v1n
+        v2 = v2n
+        xp += N
+        yp += N
+    tl.store(vT_ptr + off1, _poison(v1, code), mask=mask)
+    tl.store(vT_ptr + off2, _poison(v2, code), mask=mask)
+
+
+@triton.jit
+def rev_lif_bwd_kernel(
+    y_ptr, gy_ptr, vT_ptr, stash_ptr, m_ptr, out_ptr, v0_ptr,
+    T, P, R, N, last_step, last_word,
+    c_tau, vth, vr, x_unit,
+    lam, kin, vth_f, vr_f, alpha, beta1, beta2, sg_alpha,
+    F: tl.constexpr, FY: tl.constexpr, X_SHIFT: tl.constexpr, ALPHA_SIGN: tl.constexpr,
+    K1: tl.constexpr, K2: tl.constexpr, SPW: tl.constexpr,
+    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, MODE: tl.constexpr,
+    SURROGATE: tl.constexpr, DETACH_RESET: tl.constexpr, WRITE_V0: tl.constexpr,
+    ACC_F64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Time-reversed pass. MODE 0 (inverse): rebuild x and the initial int32 state from y, the
+    final state and the stash. MODE 1 (streamlined backward): rebuild the same trajectory and
+    accumulate dL/dx into out and (WRITE_V0) dL/dv0 into v0, in one pass. MODE 2: the same
+    gradient from saved M1, M2 (m_ptr) instead of a reconstruction."""
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < P
+    off1 = (p // R) * R + p
+    off2 = off1 + R
+    one_y = 1 << FY
+    w1 = tl.load(vT_ptr + off1, mask=mask, other=0)
+    w2 = tl.load(vT_ptr + off2, mask=mask, other=0)
+    code = _poison_code(w1) | _poison_code(w2)
+    v1n = w1.to(tl.int64)
+    v2n = w2.to(tl.int64)
+    g1n = tl.zeros([BLOCK], dtype=tl.float32)
+    g2n = tl.zeros([BLOCK], dtype=tl.float32)
+    if ACC_F64:
+        g1n = g1n.to(tl.float64)
+        g2n = g2n.to(tl.float64)
+    yp = y_ptr + last_step + off1
+    gp = gy_ptr + last_step + off1
+    op = out_ptr + last_step + off1
+    mp = m_ptr + last_step + off1
+    sp = stash_ptr + last_word + p
+    for i in range(T):
+        t = T - 1 - i
+        if MODE == 2:
+            m1 = tl.load(mp, mask=mask, other=0).to(tl.int64)
+            m2 = tl.load(mp + R, mask=mask, other=0).to(tl.int64)
+            s1 = m1 >= vth
+            s2 = m2 >= vth
+            mp -= N
+        else:
+            yf1 = _to_acc(tl.load(yp, mask=mask, other=0), ACC_F64) * one_y
+            yf2 = _to_acc(tl.load(yp + R, mask=mask, other=0), ACC_F64) * one_y
+            if MODE == 0:
+                on_grid = (yf1 == tl.floor(yf1)) & (yf2 == tl.floor(yf2))
+                on_grid = on_grid & (tl.abs(yf1) <= V_MAX) & (tl.abs(yf2) <= V_MAX)
+                code = code | tl.where(on_grid, 0, 8)
+                yf1 = tl.where(on_grid, yf1, 0)
+                yf2 = tl.where(on_grid, yf2, 0)
+            yq1 = yf1.to(tl.int64)
+            yq2 = yf2.to(tl.int64)
+            if SPW > 0:
+                j = t % SPW
+                lo = tl.load(sp, mask=mask, other=0) >> (j * (K1 + K2))
+                lo1 = (lo & ((1 << K1) - 1)).to(tl.int64)
+                lo2 = ((lo >> K1) & ((1 << K2) - 1)).to(tl.int64)
+                if j == 0:
+                    sp -= P
+            else:
+                lo1 = 0
+                lo2 = 0
+            m2 = charge(v1n, yq1 << (F - FY), c_tau, vr, F, DECAY_INPUT)
+            s2, u2 = fire_reset(m2, vth, vr, HARD)
+            q1 = ALPHA_SIGN * (yq2 - s2.to(tl.int64) * one_y)
+            v1 = ((v2n - u2) << K2) + lo2
+            m1 = charge(v1, q1 << X_SHIFT, c_tau, vr, F, DECAY_INPUT)
+            s1, u1 = fire_reset(m1, vth, vr, HARD)
+            q2 = ALPHA_SIGN * (yq1 - s1.to(tl.int64) * one_y)
+            v2 = ((u1 - v1n) << K1) + lo1
+            v1n = v1
+            v2n = v2
+            yp -= N
+        if MODE == 0:
+            tx = out_ptr.dtype.element_ty
+            tl.store(op, (_to_acc(q1, ACC_F64) * x_unit).to(tx), mask=mask)
+            tl.store(op + R, (_to_acc(q2, ACC_F64) * x_unit).to(tx), mask=mask)
+        else:
+            gy1 = _to_acc(tl.load(gp, mask=mask, other=0), ACC_F64)
+            gy2 = _to_acc(tl.load(gp + R, mask=mask, other=0), ACC_F64)
+            mf1 = _to_acc(m1, ACC_F64) * (1.0 / (1 << F))
+            mf2 = _to_acc(m2, ACC_F64) * (1.0 / (1 << F))
+            sg1 = surrogate_grad(mf1 - vth_f, sg_alpha, SURROGATE)
+            sg2 = surrogate_grad(mf2 - vth_f, sg_alpha, SURROGATE)
+            du1 = reset_grad(mf1, _to_acc(s1, ACC_F64), sg1, vth_f, vr_f, HARD, DETACH_RESET)
+            du2 = reset_grad(mf2, _to_acc(s2, ACC_F64), sg2, vth_f, vr_f, HARD, DETACH_RESET)
+            gm2 = gy2 * sg2 + g2n * du2
+            g1t = g1n + lam * gm2
+            gy1t = gy1 + kin * gm2
+            gm1 = gy1t * sg1 + g1t * du1
+            tx = out_ptr.dtype.element_ty
+            tl.store(op, (alpha * gy2 + kin * gm1).to(tx), mask=mask)
+            tl.store(op + R, (alpha * gy1t).to(tx), mask=mask)
+            g1n = beta2 * g2n + lam * gm1
+            g2n = beta1 * g1t
+            gp -= N
+        op -= N
+    if WRITE_V0:
+        if MODE == 0:
+            tl.store(v0_ptr + off1, _poison(v1n, code), mask=mask)
+            tl.store(v0_ptr + off2, _poison(v2n, code), mask=mask)
+        else:
+            tv = v0_ptr.dtype.element_ty
+            tl.store(v0_ptr + off1, g1n.to(tv), mask=mask)
+            tl.store(v0_ptr + off2, g2n.to(tv), mask=mask)

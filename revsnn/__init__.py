@@ -1,0 +1,17 @@
+"""revsnn: fused Triton kernels for memory-frugal spiking neural network training."""
+import os as _os
+
+# In a source checkout the Triton kernels sit in ../kernels; installed, they are revsnn/kernels
+# (setup.cfg maps them there). Either way they import as revsnn.kernels.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "kernels")):
+    _root = _os.path.dirname(_here)
+    if _os.path.isfile(_os.path.join(_root, "kernels", "rev_lif.py")):
+        __path__.append(_root)  # noqa: F821  (the package's own __path__)
+
+from . import functional, reference  # noqa: E402
+from .nn import RevLIF  # noqa: E402
+from .state import RevLIFState  # noqa: E402
+
+__all__ = ["RevLIF", "RevLIFState", "functional", "reference"]
+__version__ = "0.1.0"

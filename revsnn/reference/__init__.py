@@ -1,0 +1,4 @@
+"""Plain-torch references: readable twins of the kernels and autograd ground truths."""
+from .rev_lif import rev_lif_float64, rev_lif_int
+
+__all__ = ["rev_lif_int", "rev_lif_float64"]

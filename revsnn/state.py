@@ -1,0 +1,48 @@
+"""State of a reversible LIF node between calls."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._config import ERROR_CODES, F_BITS, POISON_LIMIT
+
+
+class RevLIFState(NamedTuple):
+    """Final state of :func:`revsnn.functional.rev_lif`, and the initial state of the next call.
+
+    Attributes:
+        v_fixed: int32 ``[B, C, *]`` (x's shape without T): the membrane potentials of both
+            groups in fixed point, ``2**-18`` units. A word below ``-2**30`` marks a neuron pair
+            whose input or state went out of range (see :meth:`check`).
+        stash: int32 ``[n_words, B*C/2*prod(*)]``: the low bits that ``|beta| = 2**-k`` shifted
+            out of the potentials at each step, ``k1 + k2`` bits per pair per step, packed
+            ``32 // (k1 + k2)`` steps per word. Empty (``n_words = 0``) when not kept or when
+            ``|beta1| = |beta2| = 1``. Needed only to run the node backwards.
+    """
+
+    v_fixed: torch.Tensor
+    stash: torch.Tensor
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Membrane potential ``[B, C, *]`` as float32 (NaN for flagged neurons), no gradient."""
+        v = self.v_fixed.to(torch.float32) * 2.0 ** -F_BITS
+        return torch.where(self.v_fixed < POISON_LIMIT, float("nan"), v)
+
+    def error(self) -> str | None:
+        """Description of every error flagged in this state, or None if it is healthy."""
+        bad = self.v_fixed < POISON_LIMIT
+        if not bool(bad.any()):
+            return None
+        codes = torch.unique(self.v_fixed[bad].long() + 2 ** 31).tolist()
+        found = sorted({bit for c in codes for bit in ERROR_CODES if c & bit})
+        n = int(bad.sum()) // 2
+        return (f"{n} neuron pair(s) flagged: " + "; ".join(ERROR_CODES[b] for b in found))
+
+    def check(self, where: str = "rev_lif") -> None:
+        """Raise ValueError if any neuron was flagged (NaN/Inf or out-of-range input/state)."""
+        msg = self.error()
+        if msg is not None:
+            raise ValueError(f"{where}: {msg}. The result is not trustworthy; see revsnn "
+                             f"README 'Exactness' for the input range of each dtype and alpha.")

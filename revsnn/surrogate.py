@@ -1,0 +1,41 @@
+"""Surrogate derivatives dS/dM of the Heaviside spike, torch side (the Triton twin is in
+``kernels/surrogate.py``). Formulas and default alphas are SpikingJelly's:
+
+* ``sigmoid`` (alpha 4): ``alpha * sigmoid(alpha z) * (1 - sigmoid(alpha z))``
+* ``atan`` (alpha 2): ``alpha / 2 / (1 + (pi/2 * alpha * z)**2)``
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._config import SURROGATES
+
+
+def surrogate_grad(z: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+    """dS/dz of the surrogate spike at ``z = M - v_threshold`` (same shape and dtype as z)."""
+    if SURROGATES[kind][0] == 0:
+        s = torch.sigmoid(alpha * z)
+        return alpha * s * (1 - s)
+    t = (math.pi / 2 * alpha) * z
+    return (alpha / 2) / (1 + t * t)
+
+
+class SpikeFn(torch.autograd.Function):
+    """Heaviside ``z >= 0`` forward, surrogate gradient backward (for the autograd references)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.alpha, ctx.kind = alpha, kind
+        return (z >= 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * surrogate_grad(z, ctx.alpha, ctx.kind), None, None
+
+
+def spike(z: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+    return SpikeFn.apply(z, alpha, kind)
