@@ -1,0 +1,53 @@
+"""Test set-up. Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; the
+variable must be set before triton is imported, hence here and not in a fixture."""
+import os
+
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def backends():
+    """The paths every kernel test runs: the torch twin, and Triton where it can run."""
+    out = ["torch"]
+    if HAS_CUDA or INTERPRET:
+        out.append("triton")
+    return out
+
+
+@pytest.fixture(params=backends())
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture
+def count_launches(monkeypatch):
+    """Counts launches of every Triton kernel in revsnn.kernels.<module>: call it with the
+    module name, get a dict {kernel name: launches} that fills as kernels run."""
+    import importlib
+
+    def install(module):
+        mod = importlib.import_module(f"revsnn.kernels.{module}")
+        counts = {}
+        for name in dir(mod):
+            k = getattr(mod, name)
+            if name.endswith("_kernel") and hasattr(k, "run"):
+                counts[name] = 0
+
+                def run(*a, _orig=k.run, _name=name, **kw):
+                    counts[_name] += 1
+                    return _orig(*a, **kw)
+                monkeypatch.setattr(k, "run", run)
+        return counts
+    return install

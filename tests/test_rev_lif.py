@@ -1,0 +1,403 @@
+"""Reversible LIF node: exactness, kernel == twin, gradients, flags, memory, API."""
+import gc
+import math
+import weakref
+
+import pytest
+import torch
+
+import revsnn
+from revsnn._config import RevLIFConfig, grid_for
+from revsnn.functional import rev_lif, rev_lif_inverse
+from revsnn.reference import rev_lif_float64, rev_lif_int
+from revsnn.state import RevLIFState
+
+from .conftest import DEVICE
+
+NODE_OPTIONS = {
+    "hard": {},
+    "soft": dict(v_reset=None),
+    "no_decay": dict(decay_input=False, tau=4.0),
+    "if": dict(tau=math.inf, v_reset=None),
+    "vr_vth": dict(v_reset=-0.25, v_threshold=0.75, tau=3.0),
+    "alpha_beta": dict(alpha=-2.0, beta1=-0.25, beta2=0.125),
+}
+BETAS = {"half": dict(beta1=-0.5, beta2=0.5), "one": dict(beta1=-1.0, beta2=1.0)}
+
+
+def make_x(shape, scale=1.5, dtype=torch.float32, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * scale + 0.3).to(dtype).to(DEVICE)
+    return x.requires_grad_(requires_grad)
+
+
+def on_grid(x):
+    """x rounded to the float32 input grid (alpha = 1) the way the node does: half up."""
+    return torch.floor(x * 2 ** 16 + 0.5) / 2 ** 16
+
+
+def assert_close_rel(a, b, rel=1e-5):
+    """max |a - b| <= rel * max |b|: a relative bound that tiny gradients cannot dodge."""
+    err = (a.double() - b.double()).abs().max().item()
+    assert err <= rel * b.double().abs().max().item() + 1e-30, (err, b.abs().max().item())
+
+
+# -- exactness -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [1, 4, 64, 256])
+@pytest.mark.parametrize("option", ["hard", "soft", "no_decay", "if"])
+@pytest.mark.parametrize("beta", ["half", "one"])
+def test_round_trip_bit_exact(backend, T, option, beta):
+    kw = dict(NODE_OPTIONS[option], **BETAS[beta], backend=backend)
+    shape = (T, 2, 6, 5) if T >= 64 else (T, 3, 6, 7, 9)
+    x = make_x(shape, seed=T)
+    v0 = make_x(shape[1:], scale=0.5, seed=T + 1)
+    y, st = rev_lif(x, v0, keep_stash=True, **kw)
+    assert st.error() is None
+    xr, s0 = rev_lif_inverse(y, st, **kw)
+    # the input comes back exactly as the node used it (on its grid), and so does the state
+    y2, st2 = rev_lif(xr, s0, keep_stash=True, **kw)
+    assert torch.equal(y2, y) and torch.equal(st2.v_fixed, st.v_fixed)
+    assert torch.equal(st2.stash, st.stash)
+    assert torch.equal(xr, on_grid(x))
+    assert torch.equal(s0.v_fixed, torch.floor(v0.double() * 2 ** 18 + 0.5).int())
+
+
+@pytest.mark.parametrize("dtype,alpha", [(torch.float16, 1.0), (torch.bfloat16, 0.5),
+                                         (torch.float64, 4.0), (torch.float32, 0.25),
+                                         (torch.float16, -4.0)])
+def test_round_trip_dtypes(backend, dtype, alpha):
+    kw = dict(alpha=alpha, backend=backend)
+    grid = grid_for(dtype, RevLIFConfig.build(alpha=alpha))
+    x = make_x((32, 2, 10, 3), dtype=dtype, seed=3).clamp(-grid.x_max, grid.x_max)
+    y, st = rev_lif(x, keep_stash=True, **kw)
+    assert y.dtype == dtype and st.error() is None
+    xr, s0 = rev_lif_inverse(y, st, **kw)
+    assert xr.dtype == dtype
+    y2, st2 = rev_lif(xr, s0, keep_stash=True, **kw)
+    assert torch.equal(y2, y) and torch.equal(st2.v_fixed, st.v_fixed)
+    assert torch.equal(s0.v_fixed, torch.zeros_like(s0.v_fixed))
+    # y - S is alpha * x on the grid: rebuilding x from y needs no rounding at all
+    assert (xr - x).abs().max().item() <= 2.0 ** -grid.x_frac
+
+
+@pytest.mark.parametrize("option", list(NODE_OPTIONS))
+@pytest.mark.parametrize("shape", [(16, 3, 6, 7, 9), (5, 2, 4), (9, 1, 10, 33)])
+def test_kernel_matches_integer_twin(backend, option, shape):
+    """Forward values, final state and stash are bit-identical to the plain-torch twin."""
+    kw = NODE_OPTIONS[option]
+    x = make_x(shape, seed=len(shape))
+    y, st = rev_lif(x, keep_stash=True, backend=backend, **kw)
+    yr, sr = rev_lif_int(x.cpu(), **kw)
+    assert torch.equal(y.cpu(), yr)
+    assert torch.equal(st.v_fixed.cpu(), sr.v_fixed)
+    assert torch.equal(st.stash.cpu(), sr.stash)
+
+
+def test_state_carried_across_calls_equals_one_call(backend):
+    x = make_x((12, 2, 6, 5), seed=7)
+    y, st = rev_lif(x, keep_stash=True, backend=backend)
+    ya, sa = rev_lif(x[:5], keep_stash=True, backend=backend)
+    yb, sb = rev_lif(x[5:], sa, keep_stash=True, backend=backend)
+    assert torch.equal(torch.cat([ya, yb]), y) and torch.equal(sb.v_fixed, st.v_fixed)
+    # and the chain runs backwards too
+    xb, sa2 = rev_lif_inverse(yb, sb, backend=backend)
+    assert torch.equal(sa2.v_fixed, sa.v_fixed)
+
+
+def test_spike_flip_rate_vs_float64():
+    """Fixed point follows the real-valued float64 node closely: few spikes differ."""
+    T = 16
+    x = on_grid(make_x((T, 64, 64, 8), seed=11))
+    y, _ = rev_lif(x, backend="torch")
+    y64, _ = rev_lif_float64(x)
+    xs = x.double().reshape(T, 64, 2, 32 * 8)
+    spikes = y.double().reshape(T, 64, 2, -1) - xs.flip(2)
+    spikes64 = y64.reshape(T, 64, 2, -1) - xs.flip(2)
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+    rate = (spikes != spikes64).double().mean().item()
+    assert spikes.mean().item() > 0.05  # the comparison means something only if neurons fire
+    assert rate < 2e-3, rate
+
+
+# -- gradients -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("backward", ["fused", "recompute"])
+@pytest.mark.parametrize("shape", [(7, 3, 6, 7, 9), (64, 2, 4, 5)])
+def test_gradients_match_straight_through_bptt(backend, surrogate, detach_reset, backward,
+                                               shape):
+    kw = dict(surrogate=surrogate, detach_reset=detach_reset)
+    x = make_x(shape, seed=shape[0], requires_grad=True)
+    v0 = make_x(shape[1:], scale=0.5, seed=1, requires_grad=True)
+    gy = make_x(shape, scale=1.0, seed=2)
+    y, _ = rev_lif(x, v0, backward=backward, backend=backend, **kw)
+    gx, gv = torch.autograd.grad(y, (x, v0), gy)
+    yr, _ = rev_lif_int(x, v0, **kw)
+    gxr, gvr = torch.autograd.grad(yr, (x, v0), gy)
+    assert torch.equal(y, yr)
+    assert_close_rel(gx, gxr)
+    assert_close_rel(gv, gvr)
+
+
+@pytest.mark.parametrize("option", ["soft", "no_decay", "if", "vr_vth", "alpha_beta"])
+def test_gradients_node_options(backend, option):
+    kw = NODE_OPTIONS[option]
+    x = make_x((16, 2, 6, 5, 3), seed=5, requires_grad=True)
+    gy = make_x(x.shape, scale=1.0, seed=6)
+    y, _ = rev_lif(x, backend=backend, **kw)
+    (gx,) = torch.autograd.grad(y, x, gy)
+    yr, _ = rev_lif_int(x, **kw)
+    (gxr,) = torch.autograd.grad(yr, x, gy)
+    assert_close_rel(gx, gxr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_gradients_other_dtypes(backend, dtype):
+    x = make_x((8, 2, 6, 5), dtype=dtype, seed=9, requires_grad=True)
+    gy = make_x(x.shape, scale=1.0, dtype=dtype, seed=10)
+    y, _ = rev_lif(x, backend=backend)
+    (gx,) = torch.autograd.grad(y, x, gy)
+    yr, _ = rev_lif_int(x)
+    (gxr,) = torch.autograd.grad(yr, x, gy)
+    assert gx.dtype == dtype
+    assert_close_rel(gx, gxr, rel={torch.float64: 1e-6, torch.float16: 2e-3,
+                                   torch.bfloat16: 1e-2}[dtype])
+
+
+def test_gradient_is_not_trivially_zero(backend):
+    """Guards the gradient tests: the surrogate path carries real signal here."""
+    x = make_x((8, 2, 6, 5), seed=3, requires_grad=True)
+    y, _ = rev_lif(x, backend=backend, alpha=0.25)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    yr, _ = rev_lif_int(x, alpha=0.25)
+    (gxr,) = torch.autograd.grad(yr.square().sum(), x)
+    no_surrogate = 2 * 0.25 * (y - torch.floor(y)).detach()  # alpha * dL/dy ignoring spikes
+    assert (gxr - no_surrogate.flip(2)).abs().max() > 0.1
+    assert_close_rel(gx, gxr)
+
+
+# -- error flags ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["nan", "inf", "range", "overflow", "state_nan"])
+def test_error_flag_fires(backend, case):
+    x = make_x((32, 2, 4, 3), seed=1, requires_grad=True)
+    kw, v0 = dict(backend=backend), None
+    with torch.no_grad():
+        if case == "nan":
+            x[3, 1, 2, 0] = float("nan")
+        elif case == "inf":
+            x[0, 0, 0, 0] = -float("inf")
+        elif case == "range":
+            x[5, 1, 1, 1] = 300.0  # float32 with alpha = 1 accepts |x| <= 255
+        elif case == "overflow":
+            x.fill_(250.0)  # on top of v0 = 4000, this leaves the +-4096 fixed-point range
+            v0 = torch.full(x.shape[1:], 4000.0, device=DEVICE)
+            kw.update(tau=math.inf, v_reset=None)
+        else:
+            v0 = torch.zeros(x.shape[1:], device=DEVICE)
+            v0[1, 3, 2] = float("nan")
+    y, st = rev_lif(x, v0, **kw)
+    assert st.error() is not None
+    assert torch.isnan(st.v).any()
+    with pytest.raises(ValueError, match="flagged"):
+        y.sum().backward()
+    with pytest.raises(ValueError, match="flagged"):
+        rev_lif_inverse(y.detach(), st, **kw)
+    with pytest.raises(ValueError, match="flagged"):
+        rev_lif(x.detach(), v0, validate=True, **kw)
+    # the flag travels with the state into the next call
+    _, st2 = rev_lif(x.detach()[:2].nan_to_num(0).clamp(-1, 1), st, **kw)
+    assert st2.error() is not None
+
+
+def test_in_range_extremes_pass(backend):
+    x = torch.full((4, 1, 2), 255.0, device=DEVICE)
+    x[1] = -255.0
+    y, st = rev_lif(x, keep_stash=True, validate=True, backend=backend)
+    xr, _ = rev_lif_inverse(y, st, backend=backend)
+    assert torch.equal(xr, x)
+
+
+def test_inverse_rejects_y_off_grid(backend):
+    x = make_x((4, 2, 6), seed=2)
+    y, st = rev_lif(x, keep_stash=True, backend=backend)
+    with pytest.raises(ValueError, match="off the output grid"):
+        rev_lif_inverse(y + 2.0 ** -20, st, backend=backend)
+
+
+# -- kernels, memory, autograd plumbing -----------------------------------------------------------
+def test_one_launch_per_pass(count_launches):
+    if DEVICE == "cpu" and not revsnn.ops._dispatch.interpreting():
+        pytest.skip("Triton cannot run here: no GPU and TRITON_INTERPRET unset")
+    counts = count_launches("rev_lif")
+    x = make_x((6, 3, 6, 7, 9), seed=0, requires_grad=True)
+    y, st = rev_lif(x, backend="triton")
+    assert counts == {"rev_lif_fwd_kernel": 1, "rev_lif_bwd_kernel": 0}
+    y.sum().backward()
+    assert counts == {"rev_lif_fwd_kernel": 1, "rev_lif_bwd_kernel": 1}
+    rev_lif_inverse(y.detach(), st, backend="triton")
+    assert counts == {"rev_lif_fwd_kernel": 1, "rev_lif_bwd_kernel": 2}
+    y, _ = rev_lif(x, backend="triton", backward="recompute")
+    y.sum().backward()  # inverse, forward saving M, backward from M
+    assert counts == {"rev_lif_fwd_kernel": 3, "rev_lif_bwd_kernel": 4}
+
+
+def saved_bytes(fn):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fn()
+    return out, saved
+
+
+@pytest.mark.parametrize("T", [4, 16, 32, 64])
+@pytest.mark.parametrize("beta", ["half", "one"])
+def test_kept_for_backward(backend, T, beta):
+    B, C, H = 2, 8, 5
+    x = make_x((T, B, C, H), seed=T, requires_grad=True)
+    (y, st), saved = saved_bytes(lambda: rev_lif(x, backend=backend, **BETAS[beta]))
+    ptrs = {t.data_ptr() for t in saved if t.numel()}
+    assert ptrs == {y.data_ptr(), st.v_fixed.data_ptr(), st.stash.data_ptr()} - {0}
+    neurons = B * C * H
+    extra = sum(t.numel() * t.element_size() for t in saved if t.data_ptr() != y.data_ptr())
+    per_neuron = extra / neurons
+    if beta == "one":
+        assert per_neuron == 4
+    else:
+        assert per_neuron == 4 + 2 * math.ceil(T / 16)
+        if T <= 32:
+            assert per_neuron <= 8
+
+
+def test_forward_keeps_no_input_alive(backend):
+    x0 = make_x((8, 2, 6, 5), requires_grad=True)
+    x = x0 * 2  # a non-leaf: only the node could keep it alive
+    ref = weakref.ref(x)
+    y, st = rev_lif(x, backend=backend)
+    del x
+    gc.collect()
+    assert ref() is None
+    y.sum().backward()
+    assert x0.grad is not None
+
+
+def test_stash_only_when_needed(backend):
+    x = make_x((20, 2, 6))
+    _, st = rev_lif(x, backend=backend)
+    assert st.stash.shape == (0, 6)
+    _, st = rev_lif(x.requires_grad_(), backend=backend)
+    assert st.stash.shape == (2, 6)
+    with torch.no_grad():
+        _, st = rev_lif(x, backend=backend)
+    assert st.stash.shape == (0, 6)
+    with pytest.raises(ValueError, match="no stash"):
+        rev_lif_inverse(torch.zeros(20, 2, 6, device=DEVICE), st, backend=backend)
+    _, st = rev_lif(x.detach(), backend=backend, beta1=-1.0, beta2=1.0)
+    assert st.stash.shape == (0, 6)  # |beta| = 1 shifts nothing out: inverse needs no stash
+    rev_lif_inverse(torch.zeros(20, 2, 6, device=DEVICE), st, backend=backend,
+                    beta1=-1.0, beta2=1.0)
+
+
+# -- layouts -------------------------------------------------------------------------------------
+def test_noncontiguous_and_dim(backend):
+    base = make_x((6, 3, 5, 8), seed=4)
+    y, st = rev_lif(base, dim=-1, backend=backend)
+    y_moved, st_moved = rev_lif(base.movedim(-1, 2).contiguous(), backend=backend)
+    assert torch.equal(y, y_moved.movedim(2, -1))
+    assert torch.equal(st.v, st_moved.v.movedim(1, -1))
+    xt = base.transpose(1, 2)  # non-contiguous view, split dim is now 3 channels... use dim 3
+    yt, _ = rev_lif(xt, dim=3, backend=backend)
+    assert torch.equal(yt, rev_lif(xt.contiguous(), dim=3, backend=backend)[0])
+    xc = make_x((2, 4, 6, 5, 3), seed=5).to(memory_format=torch.channels_last_3d)
+    yc, _ = rev_lif(xc, backend=backend)
+    assert torch.equal(yc, rev_lif(xc.contiguous(), backend=backend)[0])
+
+
+def test_empty_batch_and_single_step(backend):
+    x = torch.zeros(3, 0, 4, device=DEVICE, requires_grad=True)
+    y, st = rev_lif(x, backend=backend)
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad.shape == x.shape
+    x = make_x((1, 2, 4), requires_grad=True)
+    y, st = rev_lif(x, backend=backend)
+    y.sum().backward()
+    xr, _ = rev_lif_inverse(y.detach(), st, backend=backend)
+    assert torch.equal(xr, on_grid(x.detach()))
+
+
+# -- bad input -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda x: rev_lif(x[0, 0]), ValueError, "rank"),
+    (lambda x: rev_lif(x[:, :, :5]), ValueError, "even"),
+    (lambda x: rev_lif(x.int()), TypeError, "float32"),
+    (lambda x: rev_lif(x[:0]), ValueError, "T >= 1"),
+    (lambda x: rev_lif(x, dim=0), ValueError, "dim"),
+    (lambda x: rev_lif(x, torch.zeros(2, 6)), ValueError, "state must have shape"),
+    (lambda x: rev_lif(x, torch.zeros(2, 6, 3, device="meta")), ValueError, "is on meta"),
+    (lambda x: rev_lif(x, torch.zeros(2, 6, 3, dtype=torch.int64)), TypeError, "state"),
+    (lambda x: rev_lif(x, "v"), TypeError, "state"),
+    (lambda x: rev_lif(x, alpha=3.0), ValueError, "alpha"),
+    (lambda x: rev_lif(x, alpha=8.0), ValueError, "alpha"),
+    (lambda x: rev_lif(x, beta1=0.5), ValueError, "beta1 must be negative"),
+    (lambda x: rev_lif(x, beta2=2.0 ** -9), ValueError, "beta2"),
+    (lambda x: rev_lif(x, tau=1.0), ValueError, "tau"),
+    (lambda x: rev_lif(x, tau=float("nan")), ValueError, "tau"),
+    (lambda x: rev_lif(x, surrogate="relu"), ValueError, "surrogate"),
+    (lambda x: rev_lif(x, surrogate_alpha=-1.0), ValueError, "surrogate_alpha"),
+    (lambda x: rev_lif(x, backend="cuda"), ValueError, "backend"),
+    (lambda x: rev_lif(x, backward="auto"), ValueError, "backward"),
+    (lambda x: rev_lif(x, v_threshold=float("inf")), ValueError, "v_threshold"),
+    (lambda x: rev_lif(x.requires_grad_(), keep_stash=False), ValueError, "keep_stash"),
+    (lambda x: rev_lif_inverse(x, x), TypeError, "RevLIFState"),
+])
+def test_bad_input(call, exc, match):
+    x = torch.zeros(4, 2, 6, 3, device=DEVICE)
+    with pytest.raises(exc, match=match):
+        call(x)
+
+
+def test_triton_backend_needs_gpu_or_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        rev_lif(torch.zeros(2, 1, 2), backend="triton")
+
+
+# -- layer ---------------------------------------------------------------------------------------
+def test_layer_keeps_state_until_reset(backend):
+    node = revsnn.RevLIF(backend=backend, v_reset=None, keep_stash=True)
+    x = make_x((10, 2, 6, 3), seed=8)
+    y_full, st_full = rev_lif(x, v_reset=None, backend=backend)
+    ya = node(x[:4])
+    yb = node(x[4:])
+    assert torch.equal(torch.cat([ya, yb]), y_full)
+    assert torch.equal(node.state.v_fixed, st_full.v_fixed)
+    xb, _ = node.inverse(yb, node.state)
+    assert torch.equal(xb, on_grid(x[4:]))
+    node.reset()
+    assert node.state is None
+    assert torch.equal(node(x[:4]), ya)
+    assert "v_reset=None" in repr(node) and "tau=2.0" in repr(node)
+
+
+def test_layer_trains(backend):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), revsnn.RevLIF(backend=backend, dim=-1),
+                              torch.nn.Linear(16, 2)).to(DEVICE)
+    x = torch.randn(6, 32, 8, device=DEVICE)
+    target = (x.sum(dim=(0, 2)) > 0).long()
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    losses = []
+    for _ in range(30):
+        net[1].reset()
+        loss = torch.nn.functional.cross_entropy(net(x).mean(0), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_float_state_receives_gradient(backend):
+    x = make_x((5, 2, 4), seed=1, requires_grad=True)
+    v0 = make_x((2, 4), scale=0.5, seed=2, requires_grad=True)
+    y, _ = rev_lif(x, v0, backend=backend)
+    y.sum().backward()
+    assert v0.grad is not None and v0.grad.abs().sum() > 0
