@@ -6,8 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import functional as F
-from .state import RevLIFState
+from ..functional import _rev_lif as F
+from ..state import RevLIFState
 
 
 class RevLIF(nn.Module):

@@ -1,15 +1,14 @@
-"""Functional API: validation and reshaping around the custom ops of ``revsnn/ops``."""
+"""Reversible LIF, functional form: validation and reshaping around ``revsnn/ops/rev_lif.py``."""
 from __future__ import annotations
 
 from typing import Optional, Union
 
 import torch
 
-from ._config import BACKENDS, BACKWARDS, RevLIFConfig, check_float_tensor, layout_of
-from .ops import rev_lif as _op
-from .state import RevLIFState
+from .._config import BACKENDS, BACKWARDS, RevLIFConfig, check_float_tensor, layout_of
+from ..ops import rev_lif as _op
+from ..state import RevLIFState
 
-__all__ = ["rev_lif", "rev_lif_inverse", "RevLIFState"]
 
 StateLike = Union[None, RevLIFState, torch.Tensor]
 

@@ -1,0 +1,4 @@
+"""``nn.Module`` layers, one module per op, each a thin wrapper over ``revsnn.functional``."""
+from .rev_lif import RevLIF
+
+__all__ = ["RevLIF"]
