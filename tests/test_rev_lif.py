@@ -116,7 +116,7 @@ def test_spike_flip_rate_vs_float64():
     assert set(spikes.unique().tolist()) <= {0.0, 1.0}
     rate = (spikes != spikes64).double().mean().item()
     assert spikes.mean().item() > 0.05  # the comparison means something only if neurons fire
-    assert rate < 2e-3, rate
+    assert rate < 5e-5, rate  # measured: about 1e-6 (README, "Exactness")
 
 
 # -- gradients -----------------------------------------------------------------------------------
@@ -401,3 +401,35 @@ def test_float_state_receives_gradient(backend):
     y, _ = rev_lif(x, v0, backend=backend)
     y.sum().backward()
     assert v0.grad is not None and v0.grad.abs().sum() > 0
+
+
+# -- torch.compile -------------------------------------------------------------------------------
+def _compiled_matches_eager(compile_backend):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), revsnn.RevLIF(dim=-1),
+                              torch.nn.Linear(16, 4)).to(DEVICE)
+    x = torch.randn(6, 3, 8, device=DEVICE, requires_grad=True)
+
+    def run(model):
+        net[1].reset()
+        y = model(x)
+        return y, torch.autograd.grad(y.square().sum(), [x, *net.parameters()])
+
+    y0, g0 = run(net)
+    compiled = torch.compile(net, fullgraph=True, backend=compile_backend)
+    for _ in range(2):  # second call: state carried in from the first, no recompile needed
+        y1, g1 = run(compiled)
+        assert torch.equal(y0, y1)
+        for a, b in zip(g0, g1):
+            torch.testing.assert_close(a, b)
+
+
+def test_compile_fullgraph_aot_eager():
+    torch._dynamo.reset()
+    _compiled_matches_eager("aot_eager")
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_inductor():
+    torch._dynamo.reset()
+    _compiled_matches_eager("inductor")

@@ -1,0 +1,79 @@
+"""Compile every Triton kernel specialisation that revsnn's launchers produce for an sm_90 target,
+on a machine without a GPU. Run without TRITON_INTERPRET: `python tests/support/compile_kernels.py`.
+
+The launchers run as usual on CPU tensors, but each kernel's `run` is replaced by a compile of
+the exact argument list it was given (types from the values, constexprs from the keywords), so
+this checks what the interpreter cannot: that the compiler accepts the kernels as launched.
+"""
+import itertools
+import math
+import sys
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from revsnn._config import RevLIFConfig
+from revsnn.ops import _dispatch
+from revsnn.ops import rev_lif as op
+
+TARGET = GPUTarget("cuda", 90, 32)
+DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
+          torch.bfloat16: "bf16", torch.int32: "i32", torch.int64: "i64"}
+compiled = {}
+
+
+def arg_type(v):
+    if isinstance(v, torch.Tensor):
+        return "*" + DTYPES[v.dtype]
+    if isinstance(v, bool):
+        return "i1"
+    if isinstance(v, int):
+        return "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
+    if isinstance(v, float):
+        return "fp32"
+    raise TypeError(type(v))
+
+
+def compile_instead(kernel):
+    def run(*args, grid, warmup, **kwargs):
+        names = kernel.arg_names
+        sig = {n: arg_type(a) for n, a in zip(names, args)}
+        consts = {k: v for k, v in kwargs.items() if k in names}
+        sig.update({k: "constexpr" for k in consts})
+        key = (kernel.__name__, tuple(sorted(sig.items())), tuple(sorted(consts.items())))
+        if key not in compiled:
+            src = ASTSource(kernel, sig, {(names.index(k),): v for k, v in consts.items()})
+            compiled[key] = triton.compile(src, target=TARGET, options={"num_warps": 4})
+            assert "cubin" in compiled[key].asm
+    return run
+
+
+def main():
+    mod = _dispatch.kernels_module("rev_lif")
+    for k in (mod.rev_lif_fwd_kernel, mod.rev_lif_bwd_kernel):
+        k.run = compile_instead(k)
+    _dispatch.use_triton = lambda x, backend: True
+    op.use_triton = _dispatch.use_triton
+    options = [dict(), dict(v_reset=None, surrogate="atan", detach_reset=True),
+               dict(tau=math.inf, beta1=-1.0, beta2=1.0), dict(decay_input=False, alpha=-0.25)]
+    for kw, dtype in itertools.product(options, [torch.float32, torch.float16, torch.bfloat16,
+                                                 torch.float64]):
+        cfg = RevLIFConfig.build(**kw)
+        x = torch.zeros(3, 2, 2, 5, dtype=dtype)
+        for v0 in (None, torch.zeros(2, 2, 5, dtype=torch.int32), torch.zeros(2, 2, 5)):
+            y, vT, stash, _ = op.launch_fwd(x, v0, cfg, True, False, "triton")
+        op.launch_fwd(x, None, cfg, False, True, "triton")
+        stash = torch.zeros(cfg.stash_words(3), 10, dtype=torch.int32)
+        m = torch.zeros(x.shape, dtype=torch.int32)
+        op.launch_bwd(y, None, vT, stash, None, cfg, 0, dtype, None, "triton")
+        for v0_dtype in (None, torch.float32 if dtype != torch.float64 else dtype):
+            op.launch_bwd(y, y, vT, stash, None, cfg, 1, dtype, v0_dtype, "triton")
+            op.launch_bwd(None, y, vT, stash, m, cfg, 2, dtype, v0_dtype, "triton")
+    print(f"compiled {len(compiled)} specialisations for sm_90")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
