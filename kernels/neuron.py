@@ -35,17 +35,60 @@ def fire_reset(m, vth, vr, HARD: tl.constexpr):
 
 
 @triton.jit
-def reset_grad(mf, s, sg, vth, vr, HARD: tl.constexpr, DETACH_RESET: tl.constexpr):
-    """dU/dM of the real-valued reset at (M, S), with dS/dM = sg; detach_reset drops the S path."""
-    keep = 1.0 - s
+def reset_partials(mf, s, vth, vr, HARD: tl.constexpr, DETACH_RESET: tl.constexpr):
+    """(dU/dM with S held fixed, dU/dS) of the real-valued reset at (M, S); detach_reset makes
+    dU/dS zero. The total dU/dM is the first plus the second times dS/dM."""
     if HARD:
-        if DETACH_RESET:
-            g = keep
-        else:
-            g = keep + (vr - mf) * sg
+        du_dm = 1.0 - s
+        du_ds = vr - mf
     else:
-        if DETACH_RESET:
-            g = 1.0
-        else:
-            g = 1.0 - vth * sg
+        du_dm = 1.0
+        du_ds = -vth
+    if DETACH_RESET:
+        du_ds = 0.0
+    return du_dm, du_ds
+
+
+@triton.jit
+def charge_dtau(vf, i_f, vr, inv_tau, DECAY_INPUT: tl.constexpr):
+    """dM/dtau of the real-valued charge at (V, I)."""
+    if DECAY_INPUT:
+        g = (vf - vr - i_f) * (inv_tau * inv_tau)
+    else:
+        g = (vf - vr) * (inv_tau * inv_tau)
     return g
+
+
+# -- floating point (the standard LIF node; torch twins: charge_real, spike_reset_real) ----------
+@triton.jit
+def div_rn(a, b, F64: tl.constexpr):
+    """a / b correctly rounded, as torch divides on the CPU (a plain fp32 `/` may be approximate
+    on the GPU); float64 division is always correctly rounded."""
+    if F64:
+        r = a / b
+    else:
+        r = tl.math.div_rn(a, b)
+    return r
+
+
+@triton.jit
+def charge_float(v, x, tau, vr, DECAY_INPUT: tl.constexpr, F64: tl.constexpr):
+    """H = V + (X - (V - vr))/tau with decay_input, else V - (V - vr)/tau + X, in SpikingJelly's
+    operation order (so the rounding, and hence every spike, is the same)."""
+    if DECAY_INPUT:
+        h = v + div_rn(x - (v - vr), tau, F64)
+    else:
+        h = v - div_rn(v - vr, tau, F64) + x
+    return h
+
+
+@triton.jit
+def fire_reset_float(h, vth, vr, HARD: tl.constexpr):
+    """S = H >= vth (0/1 in h's dtype); V = H(1 - S) + vr*S (hard) or H - vth*S (soft). Products
+    with S are exact, so contraction into FMAs cannot change V."""
+    s = (h >= vth).to(h.dtype)
+    if HARD:
+        v = h * (1.0 - s) + vr * s
+    else:
+        v = h - vth * s
+    return s, v

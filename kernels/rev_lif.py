@@ -11,7 +11,7 @@ A state word below -2**30 is a poison marker INT32_MIN + code (revsnn/_config.py
 import triton
 import triton.language as tl
 
-from .neuron import charge, fire_reset, reset_grad
+from .neuron import charge, charge_dtau, fire_reset, reset_partials
 from .surrogate import surrogate_grad
 
 V_MAX = tl.constexpr(1073741823)       # 2**30 - 1
@@ -59,25 +59,42 @@ def _load_state(v0_ptr, off, mask, F: tl.constexpr, V0_MODE: tl.constexpr):
 
 
 @triton.jit
+def _per_group(ptr, r, mask, INNER, HALF_C, PER_CH: tl.constexpr):
+    """A constant of each pair's two neurons: ptr[C] indexed by channel (PER_CH), or ptr[0]."""
+    if PER_CH:
+        ch = r // INNER
+        a = tl.load(ptr + ch, mask=mask, other=0)
+        b = tl.load(ptr + ch + HALF_C, mask=mask, other=0)
+    else:
+        a = tl.load(ptr)
+        b = a
+    return a, b
+
+
+@triton.jit
 def rev_lif_fwd_kernel(
-    x_ptr, v0_ptr, y_ptr, vT_ptr, stash_ptr, m_ptr,
-    T, P, R, N,
-    c_tau, vth, vr, x_scale, qmax,
+    x_ptr, v0_ptr, y_ptr, vT_ptr, stash_ptr, m_ptr, c_ptr, vth_ptr,
+    T, P, R, N, INNER, HALF_C,
+    vr, x_scale, qmax,
     F: tl.constexpr, FY: tl.constexpr, X_SHIFT: tl.constexpr, ALPHA_SIGN: tl.constexpr,
     K1: tl.constexpr, K2: tl.constexpr, SPW: tl.constexpr,
-    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, V0_MODE: tl.constexpr,
-    WRITE_STASH: tl.constexpr, SAVE_M: tl.constexpr, ACC_F64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, PER_CH: tl.constexpr,
+    V0_MODE: tl.constexpr, WRITE_STASH: tl.constexpr, SAVE_M: tl.constexpr,
+    ACC_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """y, final state and (WRITE_STASH) the shifted-out bits for all T steps; SAVE_M also
-    stores the pre-reset potentials M1, M2 (int32) for the recompute-style backward."""
+    stores the pre-reset potentials M1, M2 (int32) for the recompute-style backward.
+    c_ptr, vth_ptr: int32 round(2**F/tau) and round(vth*2**F), per channel or scalar."""
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = p < P
-    off1 = (p // R) * R + p
+    r = p % R
+    off1 = p - r + p
     off2 = off1 + R
-    v1, c1 = _load_state(v0_ptr, off1, mask, F, V0_MODE)
-    v2, c2 = _load_state(v0_ptr, off2, mask, F, V0_MODE)
-    code = c1 | c2
+    c1, c2 = _per_group(c_ptr, r, mask, INNER, HALF_C, PER_CH)
+    th1, th2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, PER_CH)
+    v1, e1 = _load_state(v0_ptr, off1, mask, F, V0_MODE)
+    v2, e2 = _load_state(v0_ptr, off2, mask, F, V0_MODE)
+    code = e1 | e2
     one_y = 1 << FY
     word = tl.zeros([BLOCK], dtype=tl.int32)
     sp = stash_ptr + p
@@ -93,12 +110,12 @@ def rev_lif_fwd_kernel(
         q1 = tl.where(ok, qf1, 0).to(tl.int64)
         q2 = tl.where(ok, qf2, 0).to(tl.int64)
 
-        m1 = charge(v1, q1 << X_SHIFT, c_tau, vr, F, DECAY_INPUT)
-        s1, u1 = fire_reset(m1, vth, vr, HARD)
+        m1 = charge(v1, q1 << X_SHIFT, c1, vr, F, DECAY_INPUT)
+        s1, u1 = fire_reset(m1, th1, vr, HARD)
         yq1 = s1.to(tl.int64) * one_y + ALPHA_SIGN * q2
         v1n = u1 - (v2 >> K1)
-        m2 = charge(v1n, yq1 << (F - FY), c_tau, vr, F, DECAY_INPUT)
-        s2, u2 = fire_reset(m2, vth, vr, HARD)
+        m2 = charge(v1n, yq1 << (F - FY), c2, vr, F, DECAY_INPUT)
+        s2, u2 = fire_reset(m2, th2, vr, HARD)
         yq2 = s2.to(tl.int64) * one_y + ALPHA_SIGN * q1
         v2n = u2 + (v1 >> K2)
         big = ((tl.abs(m1) > V_MAX) | (tl.abs(m2) > V_MAX)
@@ -130,35 +147,51 @@ def rev_lif_fwd_kernel(
 
 @triton.jit
 def rev_lif_bwd_kernel(
-    y_ptr, gy_ptr, vT_ptr, stash_ptr, m_ptr, out_ptr, v0_ptr,
-    T, P, R, N, last_step, last_word,
-    c_tau, vth, vr, x_unit,
-    lam, kin, vth_f, vr_f, alpha, beta1, beta2, sg_alpha,
+    y_ptr, gy_ptr, vT_ptr, stash_ptr, m_ptr, out_ptr, v0_ptr, pg_ptr,
+    c_ptr, vth_ptr, inv_tau_ptr, vthf_ptr,
+    T, P, R, N, INNER, HALF_C, last_step, last_word,
+    vr, x_unit, vr_f, alpha, beta1, beta2, sg_alpha,
     F: tl.constexpr, FY: tl.constexpr, X_SHIFT: tl.constexpr, ALPHA_SIGN: tl.constexpr,
     K1: tl.constexpr, K2: tl.constexpr, SPW: tl.constexpr,
-    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, MODE: tl.constexpr,
+    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, PER_CH: tl.constexpr, MODE: tl.constexpr,
     SURROGATE: tl.constexpr, DETACH_RESET: tl.constexpr, WRITE_V0: tl.constexpr,
-    ACC_F64: tl.constexpr, BLOCK: tl.constexpr,
+    PARAM_GRAD: tl.constexpr, ACC_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Time-reversed pass. MODE 0 (inverse): rebuild x and the initial int32 state from y, the
     final state and the stash. MODE 1 (streamlined backward): rebuild the same trajectory and
-    accumulate dL/dx into out and (WRITE_V0) dL/dv0 into v0, in one pass. MODE 2: the same
-    gradient from saved M1, M2 (m_ptr) instead of a reconstruction."""
+    accumulate dL/dx into out and (WRITE_V0) dL/dv0 into v0, in one pass; PARAM_GRAD also
+    writes each neuron's dL/dtau and dL/dv_threshold into pg [2, N]. MODE 2: the gradient
+    (x and v0 only) from saved M1, M2 (m_ptr) instead of a reconstruction."""
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = p < P
-    off1 = (p // R) * R + p
+    r = p % R
+    off1 = p - r + p
     off2 = off1 + R
+    c1, c2 = _per_group(c_ptr, r, mask, INNER, HALF_C, PER_CH)
+    th1, th2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, PER_CH)
     one_y = 1 << FY
     w1 = tl.load(vT_ptr + off1, mask=mask, other=0)
     w2 = tl.load(vT_ptr + off2, mask=mask, other=0)
     code = _poison_code(w1) | _poison_code(w2)
     v1n = w1.to(tl.int64)
     v2n = w2.to(tl.int64)
-    g1n = tl.zeros([BLOCK], dtype=tl.float32)
-    g2n = tl.zeros([BLOCK], dtype=tl.float32)
-    if ACC_F64:
-        g1n = g1n.to(tl.float64)
-        g2n = g2n.to(tl.float64)
+    g1n = _to_acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_F64)
+    g2n = _to_acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_F64)
+    if MODE != 0:
+        it1, it2 = _per_group(inv_tau_ptr, r, mask, INNER, HALF_C, PER_CH)
+        vf1, vf2 = _per_group(vthf_ptr, r, mask, INNER, HALF_C, PER_CH)
+        it1 = _to_acc(it1, ACC_F64)
+        it2 = _to_acc(it2, ACC_F64)
+        if DECAY_INPUT:
+            kin1 = it1
+            kin2 = it2
+        else:
+            kin1 = 1.0
+            kin2 = 1.0
+        dtau1 = g1n * 0
+        dtau2 = g1n * 0
+        dvth1 = g1n * 0
+        dvth2 = g1n * 0
     yp = y_ptr + last_step + off1
     gp = gy_ptr + last_step + off1
     op = out_ptr + last_step + off1
@@ -169,8 +202,8 @@ def rev_lif_bwd_kernel(
         if MODE == 2:
             m1 = tl.load(mp, mask=mask, other=0).to(tl.int64)
             m2 = tl.load(mp + R, mask=mask, other=0).to(tl.int64)
-            s1 = m1 >= vth
-            s2 = m2 >= vth
+            s1 = m1 >= th1
+            s2 = m2 >= th2
             mp -= N
         else:
             yf1 = _to_acc(tl.load(yp, mask=mask, other=0), ACC_F64) * one_y
@@ -193,16 +226,14 @@ def rev_lif_bwd_kernel(
             else:
                 lo1 = 0
                 lo2 = 0
-            m2 = charge(v1n, yq1 << (F - FY), c_tau, vr, F, DECAY_INPUT)
-            s2, u2 = fire_reset(m2, vth, vr, HARD)
+            m2 = charge(v1n, yq1 << (F - FY), c2, vr, F, DECAY_INPUT)
+            s2, u2 = fire_reset(m2, th2, vr, HARD)
             q1 = ALPHA_SIGN * (yq2 - s2.to(tl.int64) * one_y)
             v1 = ((v2n - u2) << K2) + lo2
-            m1 = charge(v1, q1 << X_SHIFT, c_tau, vr, F, DECAY_INPUT)
-            s1, u1 = fire_reset(m1, vth, vr, HARD)
+            m1 = charge(v1, q1 << X_SHIFT, c1, vr, F, DECAY_INPUT)
+            s1, u1 = fire_reset(m1, th1, vr, HARD)
             q2 = ALPHA_SIGN * (yq1 - s1.to(tl.int64) * one_y)
             v2 = ((u1 - v1n) << K1) + lo1
-            v1n = v1
-            v2n = v2
             yp -= N
         if MODE == 0:
             tx = out_ptr.dtype.element_ty
@@ -213,20 +244,41 @@ def rev_lif_bwd_kernel(
             gy2 = _to_acc(tl.load(gp + R, mask=mask, other=0), ACC_F64)
             mf1 = _to_acc(m1, ACC_F64) * (1.0 / (1 << F))
             mf2 = _to_acc(m2, ACC_F64) * (1.0 / (1 << F))
-            sg1 = surrogate_grad(mf1 - vth_f, sg_alpha, SURROGATE)
-            sg2 = surrogate_grad(mf2 - vth_f, sg_alpha, SURROGATE)
-            du1 = reset_grad(mf1, _to_acc(s1, ACC_F64), sg1, vth_f, vr_f, HARD, DETACH_RESET)
-            du2 = reset_grad(mf2, _to_acc(s2, ACC_F64), sg2, vth_f, vr_f, HARD, DETACH_RESET)
-            gm2 = gy2 * sg2 + g2n * du2
-            g1t = g1n + lam * gm2
-            gy1t = gy1 + kin * gm2
-            gm1 = gy1t * sg1 + g1t * du1
+            sf1 = _to_acc(s1, ACC_F64)
+            sf2 = _to_acc(s2, ACC_F64)
+            sg1 = surrogate_grad(mf1 - vf1, sg_alpha, SURROGATE)
+            sg2 = surrogate_grad(mf2 - vf2, sg_alpha, SURROGATE)
+            dm1, ds1 = reset_partials(mf1, sf1, vf1, vr_f, HARD, DETACH_RESET)
+            dm2, ds2 = reset_partials(mf2, sf2, vf2, vr_f, HARD, DETACH_RESET)
+            # group 2's neuron: M2 = charge(V1new, Y1), its U2 feeds V2new
+            gs2 = gy2 + g2n * ds2
+            gm2 = gs2 * sg2 + g2n * dm2
+            g1t = g1n + (1.0 - it2) * gm2
+            gy1t = gy1 + kin2 * gm2
+            # group 1's neuron: M1 = charge(V1, X1), its U1 feeds V1new
+            gs1 = gy1t + g1t * ds1
+            gm1 = gs1 * sg1 + g1t * dm1
             tx = out_ptr.dtype.element_ty
-            tl.store(op, (alpha * gy2 + kin * gm1).to(tx), mask=mask)
+            tl.store(op, (alpha * gy2 + kin1 * gm1).to(tx), mask=mask)
             tl.store(op + R, (alpha * gy1t).to(tx), mask=mask)
-            g1n = beta2 * g2n + lam * gm1
+            if PARAM_GRAD:
+                xf1 = _to_acc(q1, ACC_F64) * x_unit
+                yfl1 = _to_acc(yq1, ACC_F64) * (1.0 / one_y)
+                vfl1 = _to_acc(v1, ACC_F64) * (1.0 / (1 << F))
+                vfl1n = _to_acc(v1n, ACC_F64) * (1.0 / (1 << F))
+                dtau1 += gm1 * charge_dtau(vfl1, xf1, vr_f, it1, DECAY_INPUT)
+                dtau2 += gm2 * charge_dtau(vfl1n, yfl1, vr_f, it2, DECAY_INPUT)
+                dvth1 -= gs1 * sg1
+                dvth2 -= gs2 * sg2
+                if not HARD:  # U = M - vth*S
+                    dvth1 -= g1t * sf1
+                    dvth2 -= g2n * sf2
+            g1n = beta2 * g2n + (1.0 - it1) * gm1
             g2n = beta1 * g1t
             gp -= N
+        if MODE != 2:
+            v1n = v1
+            v2n = v2
         op -= N
     if WRITE_V0:
         if MODE == 0:
@@ -236,3 +288,9 @@ def rev_lif_bwd_kernel(
             tv = v0_ptr.dtype.element_ty
             tl.store(v0_ptr + off1, g1n.to(tv), mask=mask)
             tl.store(v0_ptr + off2, g2n.to(tv), mask=mask)
+    if PARAM_GRAD:
+        tp = pg_ptr.dtype.element_ty
+        tl.store(pg_ptr + off1, dtau1.to(tp), mask=mask)
+        tl.store(pg_ptr + off2, dtau2.to(tp), mask=mask)
+        tl.store(pg_ptr + N + off1, dvth1.to(tp), mask=mask)
+        tl.store(pg_ptr + N + off2, dvth2.to(tp), mask=mask)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 F_BITS = 18
 """Fractional bits of the int32 membrane potential."""
+V_PARAM_MAX = 64.0
+"""Largest |v_threshold|, |v_reset| accepted (their fixed-point words must fit comfortably)."""
 V_MAX = (1 << 30) - 1
 """Largest |potential| (integer units) a healthy state may hold; beyond is flagged as overflow."""
 POISON_LIMIT = -(1 << 30)
@@ -61,11 +63,14 @@ def _pow2_exponent(value: float, name: str, lo: int, hi: int) -> int:
 
 @dataclass(frozen=True)
 class RevLIFConfig:
-    """Validated node parameters and the fixed-point constants derived from them."""
+    """Validated scalar node options and the fixed-point constants derived from them.
 
-    tau: float
+    ``tau`` and ``v_threshold`` may be per-channel: they travel as tensors beside the config
+    (:func:`channel_param`, :func:`node_constants`); the config only records whether the node
+    is an IF neuron (scalar ``tau = inf``)."""
+
+    is_if: bool
     decay_input: bool
-    v_threshold: float
     v_reset: Optional[float]
     alpha: float
     beta1: float
@@ -75,22 +80,19 @@ class RevLIFConfig:
     detach_reset: bool
 
     @staticmethod
-    def build(tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
+    def build(tau: Union[float, torch.Tensor] = 2.0, decay_input: bool = True,
+              v_threshold: Union[float, torch.Tensor] = 1.0,
               v_reset: Optional[float] = 0.0, alpha: float = 1.0, beta1: float = -0.5,
               beta2: float = 0.5, surrogate: str = "sigmoid",
               surrogate_alpha: Optional[float] = None, detach_reset: bool = False,
               ) -> "RevLIFConfig":
-        if not isinstance(tau, (int, float)) or isinstance(tau, bool):
-            raise TypeError(f"tau must be a float, got {type(tau).__name__}")
-        if math.isnan(tau) or tau <= 1:
-            raise ValueError(f"tau must be > 1 (math.inf for an IF neuron), got {tau}")
-        for name, v in (("v_threshold", v_threshold), ("v_reset", v_reset)):
-            if v is None and name == "v_reset":
-                continue
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite float, got {v!r}")
-            if abs(v) > 64:
-                raise ValueError(f"{name} must satisfy |{name}| <= 64, got {v}")
+        """Validate the scalar options (tensor tau/v_threshold are checked by channel_param)."""
+        if not isinstance(tau, torch.Tensor):
+            _check_scalar(tau, "tau", 1.0, math.inf, allow_inf=True)
+        if not isinstance(v_threshold, torch.Tensor):
+            _check_scalar(v_threshold, "v_threshold", -V_PARAM_MAX, V_PARAM_MAX)
+        if v_reset is not None:
+            _check_scalar(v_reset, "v_reset", -V_PARAM_MAX, V_PARAM_MAX)
         _pow2_exponent(alpha, "alpha", -2, 2)
         _pow2_exponent(beta1, "beta1", -8, 0)
         _pow2_exponent(beta2, "beta2", -8, 0)
@@ -105,33 +107,20 @@ class RevLIFConfig:
             surrogate_alpha = SURROGATES[surrogate][1]
         if not isinstance(surrogate_alpha, (int, float)) or not surrogate_alpha > 0:
             raise ValueError(f"surrogate_alpha must be a positive float, got {surrogate_alpha!r}")
-        return RevLIFConfig(float(tau), bool(decay_input), float(v_threshold),
-                            None if v_reset is None else float(v_reset), float(alpha),
-                            float(beta1), float(beta2), surrogate, float(surrogate_alpha),
-                            bool(detach_reset))
+        is_if = not isinstance(tau, torch.Tensor) and math.isinf(tau)
+        return RevLIFConfig(is_if, bool(decay_input), None if v_reset is None else float(v_reset),
+                            float(alpha), float(beta1), float(beta2), surrogate,
+                            float(surrogate_alpha), bool(detach_reset))
 
     # -- fixed-point constants (integer units of 2**-F_BITS) -------------------------------------
-    @property
-    def is_if(self) -> bool:
-        return math.isinf(self.tau)
-
     @property
     def hard_reset(self) -> bool:
         return self.v_reset is not None
 
     @property
-    def c_tau(self) -> int:
-        """round(2**F / tau): the leak (and input scale with decay_input) in fixed point."""
-        return 0 if self.is_if else int(round(2 ** F_BITS / self.tau))
-
-    @property
     def int_decay_input(self) -> bool:
         """The IF neuron integrates ``V + I`` whatever ``decay_input`` says."""
         return self.decay_input and not self.is_if
-
-    @property
-    def vth_i(self) -> int:
-        return int(round(self.v_threshold * 2 ** F_BITS))
 
     @property
     def vr_i(self) -> int:
@@ -163,20 +152,52 @@ class RevLIFConfig:
         spw = self.steps_per_word
         return -(-T // spw) if spw else 0
 
-    # -- real-valued derivatives used by the gradient ------------------------------------------
-    @property
-    def lam(self) -> float:
-        """dM/dV of the real-valued charge."""
-        return 1.0 if self.is_if else 1.0 - 1.0 / self.tau
-
-    @property
-    def kin(self) -> float:
-        """dM/dI of the real-valued charge."""
-        return 1.0 / self.tau if self.int_decay_input else 1.0
-
     @property
     def surrogate_id(self) -> int:
         return SURROGATES[self.surrogate][0]
+
+
+def _check_scalar(v, name: str, lo: float, hi: float, allow_inf: bool = False) -> None:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise TypeError(f"{name} must be a float or a per-channel tensor, got {type(v).__name__}")
+    if math.isnan(v) or (math.isinf(v) and not allow_inf) or not lo < v <= hi:
+        raise ValueError(f"{name} must be finite and in ({lo}, {hi}]"
+                         + (" (or math.inf)" if allow_inf else "") + f", got {v}")
+
+
+def channel_param(value: Union[float, torch.Tensor], name: str, channels: int,
+                  device: torch.device) -> torch.Tensor:
+    """tau or v_threshold as a float tensor [1] (a scalar) or [C] (one per channel).
+
+    A tensor keeps its autograd history (a learnable parameter gets a gradient); its values are
+    checked here, which reads them on the host (one sync per call)."""
+    lo, hi = (1.0, math.inf) if name == "tau" else (-V_PARAM_MAX, V_PARAM_MAX)
+    if not isinstance(value, torch.Tensor):
+        return torch.tensor([float(value)], dtype=torch.float32, device=device)
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.numel() not in (1, channels) or value.dim() > 1:
+        raise ValueError(f"{name} must be a scalar or a tensor of shape [{channels}] (one per "
+                         f"channel of the split dim), got shape {tuple(value.shape)}")
+    if value.device != device:
+        raise ValueError(f"{name} is on {value.device} but x is on {device}")
+    bad = ~((value > lo) & (value <= hi) & torch.isfinite(value))
+    if bool(bad.any()):
+        raise ValueError(f"{name} values must be finite and in ({lo}, {hi}]; got "
+                         f"{value.detach()[bad].flatten()[:4].tolist()}")
+    return value.reshape(-1)
+
+
+def node_constants(tau: torch.Tensor, v_threshold: torch.Tensor, cfg: RevLIFConfig):
+    """Per-channel constants the kernels read, from tau/v_threshold tensors [1] or [C]:
+    c_tau = round(2**F/tau) and vth_i = round(vth*2**F) (int32, half up, in float64) and the
+    real-valued 1/tau and v_threshold (float32) for the gradient. IF: c_tau = 0, 1/tau = 0."""
+    tau = tau.detach().to(torch.float64)
+    vth = v_threshold.detach().to(torch.float64)
+    inv_tau = torch.zeros_like(tau) if cfg.is_if else 1.0 / tau
+    c_tau = torch.floor(inv_tau * 2 ** F_BITS + 0.5).to(torch.int32)
+    vth_i = torch.floor(vth * 2 ** F_BITS + 0.5).to(torch.int32)
+    return c_tau, vth_i, inv_tau.to(torch.float32), vth.to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -250,3 +271,52 @@ def layout_of(shape: torch.Size, dim: int, name: str = "x") -> Layout:
     if shape[0] < 1:
         raise ValueError(f"{name} must have at least one time step (T >= 1), got T={shape[0]}")
     return Layout(shape[0], math.prod(shape[1:d]), C // 2 * math.prod(shape[d + 1:]), d)
+
+
+@dataclass(frozen=True)
+class LIFConfig:
+    """Validated scalar options of the standard LIF node (``revsnn.LIF``, SpikingJelly's
+    ``LIFNode``). tau and v_threshold travel beside it (floats, or tensors [1] / [C] that may be
+    learnable); the reference neuron helpers take it where they take a :class:`RevLIFConfig`."""
+
+    decay_input: bool
+    v_reset: Optional[float]
+    surrogate: str
+    surrogate_alpha: float
+    detach_reset: bool
+
+    @staticmethod
+    def build(tau: Union[float, torch.Tensor] = 2.0, decay_input: bool = True,
+              v_threshold: Union[float, torch.Tensor] = 1.0, v_reset: Optional[float] = 0.0,
+              surrogate: str = "sigmoid", surrogate_alpha: Optional[float] = None,
+              detach_reset: bool = False) -> "LIFConfig":
+        """Check the options; tau and v_threshold only when they are numbers (a tensor's values
+        would have to be read on the host: the layer checks them once, at construction)."""
+        for name, v in (("tau", tau), ("v_threshold", v_threshold), ("v_reset", v_reset)):
+            if isinstance(v, torch.Tensor) or (v is None and name == "v_reset"):
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"{name} must be a float" + (" or None" if name == "v_reset"
+                                                             else " or a tensor")
+                                + f", got {type(v).__name__}")
+            if not math.isfinite(v):
+                raise ValueError(f"{name} must be finite, got {v}")
+        if not isinstance(tau, torch.Tensor) and not tau > 1:
+            raise ValueError(f"tau must be > 1 (SpikingJelly's LIFNode), got {tau}")
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
+        if surrogate_alpha is None:
+            surrogate_alpha = SURROGATES[surrogate][1]
+        if (not isinstance(surrogate_alpha, (int, float)) or isinstance(surrogate_alpha, bool)
+                or not 0 < surrogate_alpha < math.inf):
+            raise ValueError(f"surrogate_alpha must be a positive float, got {surrogate_alpha!r}")
+        return LIFConfig(bool(decay_input), None if v_reset is None else float(v_reset),
+                         surrogate, float(surrogate_alpha), bool(detach_reset))
+
+    @property
+    def hard_reset(self) -> bool:
+        return self.v_reset is not None
+
+    @property
+    def surrogate_id(self) -> int:
+        return SURROGATES[self.surrogate][0]

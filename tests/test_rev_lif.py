@@ -254,11 +254,14 @@ def test_kept_for_backward(backend, T, beta):
     B, C, H = 2, 8, 5
     x = make_x((T, B, C, H), seed=T, requires_grad=True)
     (y, st), saved = saved_bytes(lambda: rev_lif(x, backend=backend, **BETAS[beta]))
-    ptrs = {t.data_ptr() for t in saved if t.numel()}
-    assert ptrs == {y.data_ptr(), st.v_fixed.data_ptr(), st.stash.data_ptr()} - {0}
+    activations = {y.data_ptr(), st.v_fixed.data_ptr(), st.stash.data_ptr()} - {0}
+    # besides y, the state and the stash only tau and v_threshold: [1] each (or [C] per channel)
+    params = [t for t in saved if t.numel() and t.data_ptr() not in activations]
+    assert len(params) == 2 and all(t.numel() == 1 for t in params)
+    assert {t.data_ptr() for t in saved if t.numel()} - {t.data_ptr() for t in params} \
+        == activations
     neurons = B * C * H
-    extra = sum(t.numel() * t.element_size() for t in saved if t.data_ptr() != y.data_ptr())
-    per_neuron = extra / neurons
+    per_neuron = (st.v_fixed.nbytes + st.stash.nbytes) / neurons
     if beta == "one":
         assert per_neuron == 4
     else:
@@ -433,3 +436,82 @@ def test_compile_fullgraph_aot_eager():
 def test_compile_fullgraph_inductor():
     torch._dynamo.reset()
     _compiled_matches_eager("inductor")
+
+
+# -- per-channel and learnable tau / v_threshold -------------------------------------------------
+def channel_params(C, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    tau = (1.5 + 3 * torch.rand(C, generator=g)).to(DEVICE).requires_grad_(requires_grad)
+    vth = (0.5 + torch.rand(C, generator=g)).to(DEVICE).requires_grad_(requires_grad)
+    return tau, vth
+
+
+@pytest.mark.parametrize("option", ["hard", "soft", "no_decay"])
+@pytest.mark.parametrize("shape", [(24, 3, 6, 7, 9), (64, 2, 10)])
+def test_per_channel_params_exact_and_match_twin(backend, option, shape):
+    tau, vth = channel_params(shape[2], seed=len(shape))
+    kw = dict(NODE_OPTIONS[option], tau=tau, v_threshold=vth)
+    x = make_x(shape, seed=1)
+    y, st = rev_lif(x, keep_stash=True, backend=backend, **kw)
+    yr, sr = rev_lif_int(x.cpu(), **{k: v.cpu() if torch.is_tensor(v) else v
+                                     for k, v in kw.items()})
+    assert torch.equal(y.cpu(), yr) and torch.equal(st.v_fixed.cpu(), sr.v_fixed)
+    xr, _ = rev_lif_inverse(y, st, backend=backend, **kw)
+    assert torch.equal(xr, on_grid(x))
+    # per-channel really is per channel: the pair of channels (0, C/2) given the scalar
+    # run's values behaves as in that run, the other channels do not
+    h = shape[2] // 2
+    tau[0] = tau[h] = 2.5
+    vth[0] = vth[h] = 0.75
+    y, _ = rev_lif(x, backend=backend, **kw)
+    y0, _ = rev_lif(x, backend=backend, **dict(kw, tau=2.5, v_threshold=0.75))
+    pair = [0, h]
+    assert torch.equal(y0[:, :, pair], y[:, :, pair]) and not torch.equal(y0, y)
+
+
+@pytest.mark.parametrize("option", ["hard", "soft", "no_decay", "vr_vth"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_learnable_params_gradients(backend, option, detach_reset):
+    shape = (12, 3, 6, 7, 5)
+    tau, vth = channel_params(shape[2], seed=3, requires_grad=True)
+    kw = dict(NODE_OPTIONS[option], detach_reset=detach_reset)
+    kw.pop("v_threshold", None)
+    kw.pop("tau", None)
+    x = make_x(shape, seed=2, requires_grad=True)
+    gy = make_x(shape, scale=1.0, seed=4)
+    y, _ = rev_lif(x, tau=tau, v_threshold=vth, backend=backend, **kw)
+    grads = torch.autograd.grad(y, (x, tau, vth), gy)
+    yr, _ = rev_lif_int(x, tau=tau, v_threshold=vth, **kw)
+    grads_ref = torch.autograd.grad(yr, (x, tau, vth), gy)
+    for g, gr in zip(grads, grads_ref):
+        assert g.shape == gr.shape and gr.abs().max() > 0
+        assert_close_rel(g, gr)
+
+
+def test_scalar_tensor_params_and_layer_parameters(backend):
+    tau = torch.nn.Parameter(torch.tensor(3.0, device=DEVICE))
+    vth = torch.nn.Parameter(torch.tensor([0.8], device=DEVICE))
+    node = revsnn.RevLIF(tau=tau, v_threshold=vth, backend=backend)
+    assert {n for n, _ in node.named_parameters()} == {"tau", "v_threshold"}
+    x = make_x((6, 2, 4, 3), seed=5, requires_grad=True)
+    node(x).square().sum().backward()
+    yr, _ = rev_lif_int(x, tau=tau, v_threshold=vth)
+    gt, gv = torch.autograd.grad(yr.square().sum(), (tau, vth))
+    assert_close_rel(tau.grad, gt)
+    assert_close_rel(vth.grad, gv)
+    assert "tau=Tensor[]" in repr(node)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda x: rev_lif(x, tau=torch.full((6,), 0.9)), ValueError, "tau values"),
+    (lambda x: rev_lif(x, tau=torch.full((5,), 2.0)), ValueError, r"shape \[6\]"),
+    (lambda x: rev_lif(x, tau=torch.full((6,), float("inf"))), ValueError, "tau values"),
+    (lambda x: rev_lif(x, v_threshold=torch.ones(6, dtype=torch.int32)), TypeError,
+     "v_threshold"),
+    (lambda x: rev_lif(x, tau=torch.full((6,), 2.0, device="meta")), ValueError, "tau is on"),
+    (lambda x: rev_lif(x, tau=torch.full((6,), 2.0, requires_grad=True),
+                       backward="recompute"), ValueError, "fused"),
+])
+def test_bad_channel_params(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(torch.zeros(3, 2, 6, 2))

@@ -5,12 +5,14 @@ from typing import Optional, Union
 
 import torch
 
-from .._config import BACKENDS, BACKWARDS, RevLIFConfig, check_float_tensor, layout_of
+from .._config import (BACKENDS, BACKWARDS, RevLIFConfig, channel_param, check_float_tensor,
+                       layout_of)
 from ..ops import rev_lif as _op
 from ..state import RevLIFState
 
 
 StateLike = Union[None, RevLIFState, torch.Tensor]
+Param = Union[float, torch.Tensor]
 
 
 def _initial_state(state: StateLike, x: torch.Tensor, lay) -> Optional[torch.Tensor]:
@@ -47,8 +49,8 @@ def _node_args(cfg: RevLIFConfig) -> tuple:
     return tuple(getattr(cfg, k) for k in _op.NODE_ARGS)
 
 
-def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: float = 2.0,
-            decay_input: bool = True, v_threshold: float = 1.0,
+def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
+            decay_input: bool = True, v_threshold: Param = 1.0,
             v_reset: Optional[float] = 0.0, alpha: float = 1.0, beta1: float = -0.5,
             beta2: float = 0.5, surrogate: str = "sigmoid",
             surrogate_alpha: Optional[float] = None, detach_reset: bool = False, dim: int = 2,
@@ -66,6 +68,9 @@ def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: float = 2.0,
         tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha, detach_reset:
             SpikingJelly ``LIFNode`` semantics; ``tau=math.inf`` is the IF neuron,
             ``v_reset=None`` soft reset. Surrogates: ``"sigmoid"`` (alpha 4), ``"atan"`` (2).
+            ``tau`` (finite, > 1) and ``v_threshold`` may be tensors ``[C]``, one value per
+            channel of ``dim`` (group 1 gets the first C/2): learnable ones receive gradients
+            (``backward="fused"`` only); their values are checked on the host each call.
         alpha: coupling of the other group's input into the output, ± a power of two in
             [1/4, 4]. beta1 < 0 < beta2: cross-group coupling of the potentials, powers of two
             with magnitude in [2**-8, 1].
@@ -88,23 +93,29 @@ def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: float = 2.0,
     check_float_tensor(x, "x")
     lay = layout_of(x.shape, dim)
     v0 = _initial_state(state, x, lay)
-    records = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None
-                                                               and v0.requires_grad))
+    tau_t = channel_param(tau, "tau", x.shape[lay.dim], x.device)
+    vth_t = channel_param(v_threshold, "v_threshold", x.shape[lay.dim], x.device)
+    grad_on = torch.is_grad_enabled()
+    learn = grad_on and (tau_t.requires_grad or vth_t.requires_grad)
+    if learn and backward != "fused":
+        raise ValueError("learnable tau/v_threshold need backward='fused' (the recompute "
+                         "baseline differentiates x and the initial state only)")
+    records = learn or grad_on and (x.requires_grad or (v0 is not None and v0.requires_grad))
     if keep_stash is False and records and cfg.steps_per_word:
         raise ValueError("keep_stash=False, but autograd is recording and the backward needs "
                          "the stash (|beta| < 1); use keep_stash=None")
     write_stash = records if keep_stash is None else bool(keep_stash)
     x4 = x.reshape(lay.T, lay.A, 2, lay.R).contiguous()
-    y, vT, stash = torch.ops.revsnn.rev_lif_fwd(x4, v0, *_node_args(cfg), write_stash,
-                                                backward, backend)
+    y, vT, stash = torch.ops.revsnn.rev_lif_fwd(x4, v0, tau_t, vth_t, *_node_args(cfg),
+                                                write_stash, backward, backend)
     out = RevLIFState(vT.view(x.shape[1:]), stash)
     if validate:
         out.check("rev_lif")
     return y.view(x.shape), out
 
 
-def rev_lif_inverse(y: torch.Tensor, state: RevLIFState, *, tau: float = 2.0,
-                    decay_input: bool = True, v_threshold: float = 1.0,
+def rev_lif_inverse(y: torch.Tensor, state: RevLIFState, *, tau: Param = 2.0,
+                    decay_input: bool = True, v_threshold: Param = 1.0,
                     v_reset: Optional[float] = 0.0, alpha: float = 1.0, beta1: float = -0.5,
                     beta2: float = 0.5, surrogate: str = "sigmoid",
                     surrogate_alpha: Optional[float] = None, detach_reset: bool = False,
@@ -138,7 +149,11 @@ def rev_lif_inverse(y: torch.Tensor, state: RevLIFState, *, tau: float = 2.0,
         raise ValueError(f"state.stash must be int32 on {y.device}, got {state.stash.dtype} "
                          f"on {state.stash.device}")
     y4 = y.reshape(lay.T, lay.A, 2, lay.R).contiguous()
-    x, v0 = torch.ops.revsnn.rev_lif_inv(y4, vT, state.stash, *_node_args(cfg), backend)
+    with torch.no_grad():
+        tau_t = channel_param(tau, "tau", y.shape[lay.dim], y.device)
+        vth_t = channel_param(v_threshold, "v_threshold", y.shape[lay.dim], y.device)
+        x, v0 = torch.ops.revsnn.rev_lif_inv(y4, vT, state.stash, tau_t, vth_t,
+                                             *_node_args(cfg), backend)
     out = RevLIFState(v0.view(y.shape[1:]), state.stash.new_empty(0, lay.pairs))
     if validate:
         out.check("rev_lif_inverse")

@@ -15,10 +15,22 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .._config import F_BITS, POISON_LIMIT, V_MAX, Grid, RevLIFConfig, grid_for, layout_of
+from .._config import (F_BITS, POISON_LIMIT, V_MAX, Grid, RevLIFConfig, channel_param,
+                       grid_for, layout_of, node_constants)
 from ..state import RevLIFState
 from ..surrogate import surrogate_grad
-from .neuron import charge_int, charge_real, fire_reset_int, reset_grad, spike_reset_real
+from .neuron import (charge_dtau, charge_int, charge_real, fire_reset_int, reset_partials,
+                     spike_reset_real)
+
+
+def per_group(const: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A constant [1] or [C] (per channel) as the values of each pair's group-1 and group-2
+    neuron, shapes [1] or [R], broadcasting against [A, R]: twin of the kernels' _per_group."""
+    if const.numel() == 1:
+        return const, const
+    half = const.numel() // 2
+    inner = R // half
+    return const[:half].repeat_interleave(inner), const[half:].repeat_interleave(inner)
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -68,58 +80,85 @@ class FwdStep(NamedTuple):
     yq2: torch.Tensor
 
 
-def fwd_step_int(v1, v2, q1, q2, cfg: RevLIFConfig, grid: Grid) -> FwdStep:
-    """One step of the node in integers (all int64): the equations of the README."""
+def fwd_step_int(v1, v2, q1, q2, c, th, cfg: RevLIFConfig, grid: Grid) -> FwdStep:
+    """One step of the node in integers (all int64): the equations of the README.
+    c, th: (group 1, group 2) of c_tau and vth_i, as from per_group."""
     one_y = 1 << grid.fy
-    m1 = charge_int(v1, q1 << grid.x_shift, cfg)
-    s1, u1 = fire_reset_int(m1, cfg)
+    m1 = charge_int(v1, q1 << grid.x_shift, c[0], cfg)
+    s1, u1 = fire_reset_int(m1, th[0], cfg)
     yq1 = s1.long() * one_y + cfg.alpha_sign * q2
     v1n = u1 - (v2 >> cfg.k1)
-    m2 = charge_int(v1n, yq1 << (F_BITS - grid.fy), cfg)
-    s2, u2 = fire_reset_int(m2, cfg)
+    m2 = charge_int(v1n, yq1 << (F_BITS - grid.fy), c[1], cfg)
+    s2, u2 = fire_reset_int(m2, th[1], cfg)
     yq2 = s2.long() * one_y + cfg.alpha_sign * q1
     v2n = u2 + (v1 >> cfg.k2)
     return FwdStep(m1, s1, u1, v1n, m2, s2, u2, v2n, yq1, yq2)
 
 
-def inv_step_int(v1n, v2n, yq1, yq2, lo1, lo2, cfg: RevLIFConfig, grid: Grid):
+def inv_step_int(v1n, v2n, yq1, yq2, lo1, lo2, c, th, cfg: RevLIFConfig, grid: Grid):
     """Undo one step: (v1, v2, q1, q2, m1, s1, m2, s2) from the state after it and its y."""
     one_y = 1 << grid.fy
-    m2 = charge_int(v1n, yq1 << (F_BITS - grid.fy), cfg)
-    s2, u2 = fire_reset_int(m2, cfg)
+    m2 = charge_int(v1n, yq1 << (F_BITS - grid.fy), c[1], cfg)
+    s2, u2 = fire_reset_int(m2, th[1], cfg)
     q1 = cfg.alpha_sign * (yq2 - s2.long() * one_y)
     v1 = ((v2n - u2) << cfg.k2) + lo2
-    m1 = charge_int(v1, q1 << grid.x_shift, cfg)
-    s1, u1 = fire_reset_int(m1, cfg)
+    m1 = charge_int(v1, q1 << grid.x_shift, c[0], cfg)
+    s1, u1 = fire_reset_int(m1, th[0], cfg)
     q2 = cfg.alpha_sign * (yq1 - s1.long() * one_y)
     v2 = ((u1 - v1n) << cfg.k1) + lo1
     return v1, v2, q1, q2, m1, s1, m2, s2
 
 
-def grad_step(m1, s1, m2, s2, gy1, gy2, g1n, g2n, cfg: RevLIFConfig):
-    """Chain rule of one step, time reversed: (dL/dx1, dL/dx2, dL/dv1, dL/dv2) from the
-    step's M, S, dL/dy and dL/d(state after the step). Twin of the kernel's MODE 1/2 block."""
+class StepGrads(NamedTuple):
+    gx1: torch.Tensor
+    gx2: torch.Tensor
+    gv1: torch.Tensor
+    gv2: torch.Tensor
+    dtau: tuple
+    dvth: tuple
+
+
+def grad_step(m1, s1, m2, s2, gy1, gy2, g1n, g2n, it, vth, cfg: RevLIFConfig,
+              charge_inputs=None) -> StepGrads:
+    """Chain rule of one step, time reversed, from the step's M, S, dL/dy and dL/d(state after
+    the step); it, vth: (group 1, group 2) of 1/tau and v_threshold. With charge_inputs =
+    (V1, X1, V1new, Y1) as floats also dL/dtau and dL/dv_threshold of each neuron.
+    Twin of the kernel's MODE 1/2 block."""
     dt = gy1.dtype
     mf1 = m1.to(dt) * 2.0 ** -F_BITS
     mf2 = m2.to(dt) * 2.0 ** -F_BITS
-    sg1 = surrogate_grad(mf1 - cfg.v_threshold, cfg.surrogate_alpha, cfg.surrogate)
-    sg2 = surrogate_grad(mf2 - cfg.v_threshold, cfg.surrogate_alpha, cfg.surrogate)
-    du1 = reset_grad(mf1, s1.to(dt), sg1, cfg)
-    du2 = reset_grad(mf2, s2.to(dt), sg2, cfg)
-    gm2 = gy2 * sg2 + g2n * du2
-    g1t = g1n + cfg.lam * gm2
-    gy1t = gy1 + cfg.kin * gm2
-    gm1 = gy1t * sg1 + g1t * du1
-    return (cfg.alpha * gy2 + cfg.kin * gm1, cfg.alpha * gy1t,
-            cfg.beta2 * g2n + cfg.lam * gm1, cfg.beta1 * g1t)
+    sf1, sf2 = s1.to(dt), s2.to(dt)
+    sg1 = surrogate_grad(mf1 - vth[0], cfg.surrogate_alpha, cfg.surrogate)
+    sg2 = surrogate_grad(mf2 - vth[1], cfg.surrogate_alpha, cfg.surrogate)
+    dm1, ds1 = reset_partials(mf1, sf1, vth[0], cfg)
+    dm2, ds2 = reset_partials(mf2, sf2, vth[1], cfg)
+    kin1, kin2 = (it[0], it[1]) if cfg.int_decay_input else (1.0, 1.0)
+    gs2 = gy2 + g2n * ds2
+    gm2 = gs2 * sg2 + g2n * dm2
+    g1t = g1n + (1.0 - it[1]) * gm2
+    gy1t = gy1 + kin2 * gm2
+    gs1 = gy1t + g1t * ds1
+    gm1 = gs1 * sg1 + g1t * dm1
+    dtau = dvth = None
+    if charge_inputs is not None:
+        v1, x1, v1n, y1 = charge_inputs
+        dtau = (gm1 * charge_dtau(v1, x1, it[0], cfg), gm2 * charge_dtau(v1n, y1, it[1], cfg))
+        dvth = (-gs1 * sg1, -gs2 * sg2)
+        if not cfg.hard_reset:
+            dvth = (dvth[0] - g1t * sf1, dvth[1] - g2n * sf2)
+    return StepGrads(cfg.alpha * gy2 + kin1 * gm1, cfg.alpha * gy1t,
+                     cfg.beta2 * g2n + (1.0 - it[0]) * gm1, cfg.beta1 * g1t, dtau, dvth)
 
 
-def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], cfg: RevLIFConfig, grid: Grid,
-             write_stash: bool, save_m: bool):
-    """Twin of rev_lif_fwd_kernel. x: [T, A, 2, R]; v0: None, int32 or float [A, 2, R].
+def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], consts, cfg: RevLIFConfig,
+             grid: Grid, write_stash: bool, save_m: bool):
+    """Twin of rev_lif_fwd_kernel. x: [T, A, 2, R]; v0: None, int32 or float [A, 2, R];
+    consts: node_constants(...) (c_tau, vth_i, 1/tau, v_threshold), each [1] or [C].
     Returns y [T, A, 2, R] (x.dtype), final state int32 [A, 2, R], stash int32 [W, A*R]
     (W = 0 unless write_stash) and M int32 [T, A, 2, R] (None unless save_m)."""
     T, A, _, R = x.shape
+    c = per_group(consts[0].long(), R)
+    th = per_group(consts[1].long(), R)
     q, ok = quantize_x(x, grid)
     ok = ok.all(dim=2)
     if v0 is None:
@@ -135,7 +174,7 @@ def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], cfg: RevLIFConfig, gri
     word = torch.zeros(A, R, dtype=torch.int64, device=x.device)
     for t in range(T):
         code = code | torch.where(ok[t], 0, 1).int()
-        st = fwd_step_int(v1, v2, q[t, :, 0], q[t, :, 1], cfg, grid)
+        st = fwd_step_int(v1, v2, q[t, :, 0], q[t, :, 1], c, th, cfg, grid)
         big = ((st.m1.abs() > V_MAX) | (st.m2.abs() > V_MAX)
                | (st.v1n.abs() > V_MAX) | (st.v2n.abs() > V_MAX))
         code = code | torch.where(big, 2, 0).int()
@@ -158,26 +197,33 @@ def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], cfg: RevLIFConfig, gri
 
 
 def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Tensor,
-             stash: torch.Tensor, m: Optional[torch.Tensor], cfg: RevLIFConfig, grid: Grid,
-             mode: int, out_dtype: torch.dtype, v0_dtype: Optional[torch.dtype]):
-    """Twin of rev_lif_bwd_kernel. mode 0: returns (x, initial int32 state); mode 1: (dL/dx,
-    dL/dv0) from a reconstruction out of y, vT and stash; mode 2: the same from saved M.
-    dL/dv0 is None when v0_dtype is None."""
+             stash: torch.Tensor, m: Optional[torch.Tensor], consts, cfg: RevLIFConfig,
+             grid: Grid, mode: int, out_dtype: torch.dtype, v0_dtype: Optional[torch.dtype],
+             param_grad: bool = False):
+    """Twin of rev_lif_bwd_kernel. mode 0: returns (x, initial int32 state, None); mode 1:
+    (dL/dx, dL/dv0, per-neuron dL/dtau and dL/dv_threshold [2, A, 2, R] if param_grad) from a
+    reconstruction out of y, vT and stash; mode 2: the same from saved M (no parameter
+    gradients). dL/dv0 is None when v0_dtype is None."""
     T, A, _, R = (m if mode == 2 else y).shape
     one_y = 1 << grid.fy
+    acc = _acc(out_dtype)
+    c = per_group(consts[0].long(), R)
+    th = per_group(consts[1].long(), R)
+    it = per_group(consts[2].to(acc), R)
+    vth = per_group(consts[3].to(acc), R)
     code = torch.where(vT < POISON_LIMIT, vT.long() + 2 ** 31, 0)
     code = (code[:, 0] | code[:, 1]).int()
     v1n, v2n = vT[:, 0].long(), vT[:, 1].long()
-    acc = _acc(out_dtype)
     g1n = torch.zeros(A, R, dtype=acc, device=vT.device)
     g2n = torch.zeros_like(g1n)
+    pg = torch.zeros(2, A, 2, R, dtype=acc, device=vT.device) if param_grad else None
     out = torch.empty(T, A, 2, R, dtype=out_dtype, device=vT.device)
     spw = cfg.steps_per_word
     kk = cfg.k1 + cfg.k2
     for t in range(T - 1, -1, -1):
         if mode == 2:
             m1, m2 = m[t, :, 0].long(), m[t, :, 1].long()
-            s1, s2 = m1 >= cfg.vth_i, m2 >= cfg.vth_i
+            s1, s2 = m1 >= th[0], m2 >= th[1]
         else:
             yf = y[t].to(_acc(y.dtype)) * one_y
             if mode == 0:
@@ -190,20 +236,31 @@ def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Te
                 lo1, lo2 = lo & ((1 << cfg.k1) - 1), (lo >> cfg.k1) & ((1 << cfg.k2) - 1)
             else:
                 lo1 = lo2 = 0
-            v1n, v2n, q1, q2, m1, s1, m2, s2 = inv_step_int(
-                v1n, v2n, yq[:, 0], yq[:, 1], lo1, lo2, cfg, grid)
+            v1, v2, q1, q2, m1, s1, m2, s2 = inv_step_int(
+                v1n, v2n, yq[:, 0], yq[:, 1], lo1, lo2, c, th, cfg, grid)
         if mode == 0:
             out[t, :, 0] = (q1.to(acc) / grid.x_scale).to(out_dtype)
             out[t, :, 1] = (q2.to(acc) / grid.x_scale).to(out_dtype)
         else:
-            gx1, gx2, g1n, g2n = grad_step(m1, s1, m2, s2, gy[t, :, 0].to(acc),
-                                           gy[t, :, 1].to(acc), g1n, g2n, cfg)
-            out[t, :, 0], out[t, :, 1] = gx1.to(out_dtype), gx2.to(out_dtype)
+            inputs = None
+            if param_grad:
+                inputs = (v1.to(acc) * 2.0 ** -F_BITS, q1.to(acc) / grid.x_scale,
+                          v1n.to(acc) * 2.0 ** -F_BITS, yq[:, 0].to(acc) / one_y)
+            g = grad_step(m1, s1, m2, s2, gy[t, :, 0].to(acc), gy[t, :, 1].to(acc), g1n, g2n,
+                          it, vth, cfg, inputs)
+            out[t, :, 0], out[t, :, 1] = g.gx1.to(out_dtype), g.gx2.to(out_dtype)
+            g1n, g2n = g.gv1, g.gv2
+            if param_grad:
+                pg[0, :, 0] += g.dtau[0]
+                pg[0, :, 1] += g.dtau[1]
+                pg[1, :, 0] += g.dvth[0]
+                pg[1, :, 1] += g.dvth[1]
+        if mode != 2:
+            v1n, v2n = v1, v2
     if mode == 0:
-        return out, torch.stack([_poison(v1n, code), _poison(v2n, code)], dim=1)
-    if v0_dtype is None:
-        return out, None
-    return out, torch.stack([g1n, g2n], dim=1).to(v0_dtype)
+        return out, torch.stack([_poison(v1n, code), _poison(v2n, code)], dim=1), None
+    gv0 = None if v0_dtype is None else torch.stack([g1n, g2n], dim=1).to(v0_dtype)
+    return out, gv0, pg
 
 
 # -- autograd references -------------------------------------------------------------------------
@@ -212,27 +269,44 @@ def _split(x: torch.Tensor, dim: int):
     return lay, x.reshape(lay.T, lay.A, 2, lay.R)
 
 
-def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, dim: int = 2,
-                **node_kwargs) -> tuple[torch.Tensor, RevLIFState]:
+def _real_params(tau, v_threshold, C: int, R: int, cfg: RevLIFConfig, device):
+    """Per-group float64 tau and v_threshold (differentiable), and node_constants."""
+    tau_t = channel_param(tau, "tau", C, device)
+    vth_t = channel_param(v_threshold, "v_threshold", C, device)
+    consts = node_constants(tau_t, vth_t, cfg)
+    taus = (math.inf, math.inf) if cfg.is_if else per_group(tau_t.to(torch.float64), R)
+    return taus, per_group(vth_t.to(torch.float64), R), consts
+
+
+def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
+                v_threshold=1.0, dim: int = 2, **node_kwargs) -> tuple[torch.Tensor, RevLIFState]:
     """Ground-truth reversible LIF: integer values, real-valued derivatives, autograd BPTT.
 
     Args:
         x: ``[T, B, C, *]`` float; v0: optional float initial potential ``[B, C, *]``.
-        node_kwargs: the node's keywords (tau, decay_input, v_threshold, v_reset, alpha,
-            beta1, beta2, surrogate, surrogate_alpha, detach_reset).
+        tau, v_threshold: floats or per-channel tensors ``[C]`` (gradients flow into them).
+        node_kwargs: the node's other keywords (decay_input, v_reset, alpha, beta1, beta2,
+            surrogate, surrogate_alpha, detach_reset).
     Returns:
-        ``y`` (x.dtype, differentiable w.r.t. x and v0, computed in float64) and the final
-        :class:`RevLIFState` (stash always kept).
+        ``y`` (x.dtype, differentiable w.r.t. x, v0, tau and v_threshold, computed in float64)
+        and the final :class:`RevLIFState` (stash always kept).
     """
-    cfg = RevLIFConfig.build(**node_kwargs)
+    cfg = RevLIFConfig.build(tau=tau, v_threshold=v_threshold, **node_kwargs)
     grid = grid_for(x.dtype, cfg)
     lay, xv = _split(x, dim)
+    taus, vths, consts = _real_params(tau, v_threshold, x.shape[lay.dim], lay.R, cfg, x.device)
+    c = per_group(consts[0].long(), lay.R)
+    th = per_group(consts[1].long(), lay.R)
     x64 = xv.to(torch.float64)
     q, _ = quantize_x(xv, grid)
 
     def st(value_int, real, scale=2.0 ** -F_BITS):
         # value from the integer trajectory, derivative from the real-valued expression
         return real + (value_int.to(torch.float64) * scale - real).detach()
+
+    def neuron(M, k):
+        S, U = spike_reset_real(M, cfg, vths[k])
+        return st(s.s1 if k == 0 else s.s2, S, 1.0), U
 
     xq = st(q, x64, 1.0 / grid.x_scale)
     if v0 is None:
@@ -243,24 +317,20 @@ def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, dim: int 
         v0v = v0.reshape(lay.A, 2, lay.R)
         v1, v2, _ = _load_state(v0v)
         V1, V2 = st(v1, v0v[:, 0].to(torch.float64)), st(v2, v0v[:, 1].to(torch.float64))
-    y, vT, stash, _ = fwd_twin(xv.detach(), None if v0v is None else v0v.detach(), cfg, grid,
-                               write_stash=True, save_m=False)
+    y, vT, stash, _ = fwd_twin(xv.detach(), None if v0v is None else v0v.detach(), consts, cfg,
+                               grid, write_stash=True, save_m=False)
     ys = []
     for t in range(lay.T):
         X1, X2 = xq[t, :, 0], xq[t, :, 1]
-        s = fwd_step_int(v1, v2, q[t, :, 0], q[t, :, 1], cfg, grid)
-        M1 = st(s.m1, charge_real(V1, X1, cfg))
-        S1, U1 = spike_reset_real(M1, cfg)
-        S1 = st(s.s1, S1, 1.0)
-        U1 = st(s.u1, U1)
+        s = fwd_step_int(v1, v2, q[t, :, 0], q[t, :, 1], c, th, cfg, grid)
+        M1 = st(s.m1, charge_real(V1, X1, cfg, taus[0]))
+        S1, U1 = neuron(M1, 0)
         Y1 = S1 + cfg.alpha * X2
-        V1n = st(s.v1n, U1 + cfg.beta1 * V2)
-        M2 = st(s.m2, charge_real(V1n, Y1, cfg))
-        S2, U2 = spike_reset_real(M2, cfg)
-        S2 = st(s.s2, S2, 1.0)
-        U2 = st(s.u2, U2)
+        V1n = st(s.v1n, st(s.u1, U1) + cfg.beta1 * V2)
+        M2 = st(s.m2, charge_real(V1n, Y1, cfg, taus[1]))
+        S2, U2 = neuron(M2, 1)
         Y2 = S2 + cfg.alpha * X1
-        V2n = st(s.v2n, U2 + cfg.beta2 * V1)
+        V2n = st(s.v2n, st(s.u2, U2) + cfg.beta2 * V1)
         ys.append(torch.stack([Y1, Y2], dim=1))
         V1, V2, v1, v2 = V1n, V2n, s.v1n, s.v2n
     y_st = torch.stack(ys).to(x.dtype).reshape(x.shape)
@@ -269,13 +339,15 @@ def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, dim: int 
     return y_out, RevLIFState(vT.reshape(x.shape[1:]), stash)
 
 
-def rev_lif_float64(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, dim: int = 2,
-                    **node_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def rev_lif_float64(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
+                    v_threshold=1.0, dim: int = 2, **node_kwargs,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The real-valued equations in float64 with autograd BPTT (no quantization at all).
 
     Returns ``y`` (float64, ``x``'s shape) and the final potential float64 ``[B, C, *]``."""
-    cfg = RevLIFConfig.build(**node_kwargs)
+    cfg = RevLIFConfig.build(tau=tau, v_threshold=v_threshold, **node_kwargs)
     lay, xv = _split(x.to(torch.float64), dim)
+    taus, vths, _ = _real_params(tau, v_threshold, x.shape[lay.dim], lay.R, cfg, x.device)
     if v0 is None:
         V1 = V2 = torch.zeros(lay.A, lay.R, dtype=torch.float64, device=x.device)
     else:
@@ -284,10 +356,10 @@ def rev_lif_float64(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, dim: 
     ys = []
     for t in range(lay.T):
         X1, X2 = xv[t, :, 0], xv[t, :, 1]
-        S1, U1 = spike_reset_real(charge_real(V1, X1, cfg), cfg)
+        S1, U1 = spike_reset_real(charge_real(V1, X1, cfg, taus[0]), cfg, vths[0])
         Y1 = S1 + cfg.alpha * X2
         V1n = U1 + cfg.beta1 * V2
-        S2, U2 = spike_reset_real(charge_real(V1n, Y1, cfg), cfg)
+        S2, U2 = spike_reset_real(charge_real(V1n, Y1, cfg, taus[1]), cfg, vths[1])
         Y2 = S2 + cfg.alpha * X1
         V2n = U2 + cfg.beta2 * V1
         ys.append(torch.stack([Y1, Y2], dim=1))
