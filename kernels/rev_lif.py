@@ -59,6 +59,15 @@ def _load_state(v0_ptr, off, mask, F: tl.constexpr, V0_MODE: tl.constexpr):
 
 
 @triton.jit
+def _program_pairs(P, R, BLOCK: tl.constexpr):
+    """This program's pairs p, their mask, in-step index r and the offsets of both neurons."""
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    r = p % R
+    off1 = p - r + p
+    return p, p < P, r, off1, off1 + R
+
+
+@triton.jit
 def _per_group(ptr, r, mask, INNER, HALF_C, PER_CH: tl.constexpr):
     """A constant of each pair's two neurons: ptr[C] indexed by channel (PER_CH), or ptr[0]."""
     if PER_CH:
@@ -85,11 +94,7 @@ def rev_lif_fwd_kernel(
     """y, final state and (WRITE_STASH) the shifted-out bits for all T steps; SAVE_M also
     stores the pre-reset potentials M1, M2 (int32) for the recompute-style backward.
     c_ptr, vth_ptr: int32 round(2**F/tau) and round(vth*2**F), per channel or scalar."""
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < P
-    r = p % R
-    off1 = p - r + p
-    off2 = off1 + R
+    p, mask, r, off1, off2 = _program_pairs(P, R, BLOCK)
     c1, c2 = _per_group(c_ptr, r, mask, INNER, HALF_C, PER_CH)
     th1, th2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, PER_CH)
     v1, e1 = _load_state(v0_ptr, off1, mask, F, V0_MODE)
@@ -162,11 +167,7 @@ def rev_lif_bwd_kernel(
     accumulate dL/dx into out and (WRITE_V0) dL/dv0 into v0, in one pass; PARAM_GRAD also
     writes each neuron's dL/dtau and dL/dv_threshold into pg [2, N]. MODE 2: the gradient
     (x and v0 only) from saved M1, M2 (m_ptr) instead of a reconstruction."""
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < P
-    r = p % R
-    off1 = p - r + p
-    off2 = off1 + R
+    p, mask, r, off1, off2 = _program_pairs(P, R, BLOCK)
     c1, c2 = _per_group(c_ptr, r, mask, INNER, HALF_C, PER_CH)
     th1, th2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, PER_CH)
     one_y = 1 << FY
