@@ -50,6 +50,17 @@ def charge_dtau_h(h, v_prev, vr, inv_tau, DECAY_INPUT: tl.constexpr):
 
 
 @triton.jit
+def _store_partial(ptr, g, n, mask, MODE: tl.constexpr):
+    """A parameter gradient's partial sums: per program for a one-element parameter (MODE 1),
+    per neuron for a per-channel one (a program's neurons may span many channels). Masked
+    lanes hold zeros."""
+    if MODE == 1:
+        tl.store(ptr + tl.program_id(0), tl.sum(g, axis=0))
+    else:
+        tl.store(ptr + n, g, mask=mask)
+
+
+@triton.jit
 def lif_fwd_kernel(
     x_ptr, v0_ptr, s_ptr, vT_ptr, h_ptr, tau_ptr, vth_ptr, vr_ptr,
     T, N, C, I, tau_s, vth_s, vr_s,
@@ -90,9 +101,10 @@ def lif_bwd_kernel(
     TAU_MODE: tl.constexpr, VTH_MODE: tl.constexpr, VR_MODE: tl.constexpr,
     GRAD_TAU: tl.constexpr, GRAD_VTH: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Time-reversed BPTT from the saved H: dL/dx (gs's dtype), dL/dv0 and, per neuron, the sums
-    over T of the dL/dtau (GRAD_TAU) and dL/dv_threshold (GRAD_VTH) contributions; the op
-    reduces those over the neurons of each channel. gv is dL/d(final potential)."""
+    """Time-reversed BPTT from the saved H: dL/dx (gs's dtype), dL/dv0 and partial sums of
+    dL/dtau (GRAD_TAU) and dL/dv_threshold (GRAD_VTH), summed over T in registers and over the
+    program's neurons for a one-element parameter (see _store_partial); the op adds the
+    partials up. gv is dL/d(final potential)."""
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < N
     ch = (n // I) % C
@@ -141,6 +153,6 @@ def lif_bwd_kernel(
         xp -= N
     tl.store(gv0_ptr + n, carry, mask=mask)
     if GRAD_TAU:
-        tl.store(gtau_ptr + n, g_tau, mask=mask)
+        _store_partial(gtau_ptr, g_tau, n, mask, TAU_MODE)
     if GRAD_VTH:
-        tl.store(gvth_ptr + n, g_vth, mask=mask)
+        _store_partial(gvth_ptr, g_vth, n, mask, VTH_MODE)

@@ -10,8 +10,8 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")):
         __path__.append(_root)  # noqa: F821  (the package's own __path__)
 
 from . import functional, reference  # noqa: E402
-from .nn import RevLIF  # noqa: E402
+from .nn import LIF, RevLIF  # noqa: E402
 from .state import RevLIFState  # noqa: E402
 
-__all__ = ["RevLIF", "RevLIFState", "functional", "reference"]
+__all__ = ["LIF", "RevLIF", "RevLIFState", "functional", "reference"]
 __version__ = "0.1.0"

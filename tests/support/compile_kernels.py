@@ -14,8 +14,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from revsnn._config import RevLIFConfig, node_constants
+from revsnn._config import LIFConfig, RevLIFConfig, node_constants
 from revsnn.ops import _dispatch
+from revsnn.ops import lif as lif_op
 from revsnn.ops import rev_lif as op
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -41,21 +42,32 @@ def compile_instead(kernel):
         names = kernel.arg_names
         sig = {n: arg_type(a) for n, a in zip(names, args)}
         consts = {k: v for k, v in kwargs.items() if k in names}
+        options = {"num_warps": 4}
+        options.update({k: v for k, v in kwargs.items() if k not in names})  # launch options
         sig.update({k: "constexpr" for k in consts})
-        key = (kernel.__name__, tuple(sorted(sig.items())), tuple(sorted(consts.items())))
+        key = (kernel.__name__, tuple(sorted(sig.items())), tuple(sorted(consts.items())),
+               tuple(sorted(options.items())))
         if key not in compiled:
             src = ASTSource(kernel, sig, {(names.index(k),): v for k, v in consts.items()})
-            compiled[key] = triton.compile(src, target=TARGET, options={"num_warps": 4})
+            compiled[key] = triton.compile(src, target=TARGET, options=options)
             assert "cubin" in compiled[key].asm
     return run
 
 
 def main():
-    mod = _dispatch.kernels_module("rev_lif")
-    for k in (mod.rev_lif_fwd_kernel, mod.rev_lif_bwd_kernel):
-        k.run = compile_instead(k)
+    for name in ("rev_lif", "lif"):
+        mod = _dispatch.kernels_module(name)
+        for k in (getattr(mod, f"{name}_fwd_kernel"), getattr(mod, f"{name}_bwd_kernel")):
+            k.run = compile_instead(k)
     _dispatch.use_triton = lambda x, backend: True
-    op.use_triton = _dispatch.use_triton
+    op.use_triton = lif_op.use_triton = _dispatch.use_triton
+    compile_rev_lif()
+    compile_lif()
+    print(f"compiled {len(compiled)} specialisations for sm_90")
+    return 0
+
+
+def compile_rev_lif():
     options = [dict(), dict(v_reset=None, surrogate="atan", detach_reset=True),
                dict(tau=math.inf, beta1=-1.0, beta2=1.0), dict(decay_input=False, alpha=-0.25)]
     # every dtype with the default options, every option set in float32; scalar (C = 1) and
@@ -66,8 +78,6 @@ def main():
         cfg = RevLIFConfig.build(**kw)
         consts = node_constants(torch.full((C,), 2.0), torch.ones(C), cfg)
         compile_all(torch.zeros(3, 2, 2, 5, dtype=dtype), consts, cfg, dtype)
-    print(f"compiled {len(compiled)} specialisations for sm_90")
-    return 0
 
 
 def compile_all(x, consts, cfg, dtype):
@@ -84,6 +94,29 @@ def compile_all(x, consts, cfg, dtype):
         op.launch_bwd(y, y, vT, stash, None, consts, cfg, 1, dtype, v0_dtype, "triton",
                       param_grad=v0_dtype is not None)
         op.launch_bwd(None, y, vT, stash, m, consts, cfg, 2, dtype, v0_dtype, "triton")
+
+
+
+def compile_lif():
+    """The standard LIF's launches: scalar and tensor parameters, with and without an initial
+    potential, forward with and without H, backward with and without parameter gradients."""
+    opts = [dict(), dict(v_reset=None, surrogate="atan", detach_reset=True),
+            dict(decay_input=False)]
+    cases = [(k, torch.float32) for k in opts]
+    cases += [(opts[0], d) for d in (torch.float16, torch.bfloat16, torch.float64)]
+    for kw, dtype in cases:
+        cfg = LIFConfig.build(**kw)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        x = torch.zeros(3, 40, dtype=dtype)
+        per_channel = (torch.full((4,), 2.0, dtype=acc), torch.ones(1, dtype=acc))
+        for tau, vth in [(None, None), per_channel]:
+            for v0 in (None, torch.zeros(40, dtype=acc)):
+                s, vT, h = lif_op.launch_fwd(x, v0, tau, 2.0, vth, 1.0, cfg, 4, 10, True,
+                                             "triton")
+                lif_op.launch_fwd(x, v0, tau, 2.0, vth, 1.0, cfg, 4, 10, False, "triton")
+                for grads in {False, tau is not None}:
+                    lif_op.launch_bwd(s, vT, h, v0, tau, 2.0, vth, 1.0, cfg, 4, 10, grads,
+                                      grads, "triton")
 
 
 if __name__ == "__main__":
