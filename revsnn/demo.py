@@ -2,7 +2,8 @@
 
 Runs forward and backward, proves that the inverse rebuilds the input and the initial state bit
 for bit, and prints what each node keeps for backward and how long a step takes, next to a
-standard LIF trained by plain-PyTorch BPTT (``revsnn.reference.lif_bptt``).
+standard LIF trained by BPTT: revsnn's fused ``LIF`` (which keeps what SpikingJelly's Triton
+backend keeps) and a hand-written PyTorch loop.
 """
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ import time
 import torch
 
 from .functional import rev_lif, rev_lif_inverse
-from ._config import RevLIFConfig
+from ._config import LIFConfig
+from .functional import lif
 from .reference.neuron import charge_real, spike_reset_real
 
 
-def lif_bptt(x):  # placeholder until revsnn.reference.lif lands
-    cfg = RevLIFConfig.build()
+def plain_lif(x: torch.Tensor) -> torch.Tensor:
+    """The LIF loop people write by hand (tau 2, hard reset): autograd keeps every step."""
+    cfg = LIFConfig.build()
     v = torch.zeros_like(x[0])
-    out = []
+    spikes = []
     for t in range(x.shape[0]):
-        s, v = spike_reset_real(charge_real(v, x[t], cfg), cfg)
-        out.append(s)
-    return torch.stack(out), v
+        s, v = spike_reset_real(charge_real(v, x[t], cfg, 2.0), cfg, 1.0)
+        spikes.append(s)
+    return torch.stack(spikes)
 
 
 def _kept(fn):
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
           f"  x: [T={T}, {', '.join(map(str, shape))}] float32, {neurons} neurons")
 
     # exactness: run the node, then run it backwards from its output and final state
-    (y, state), rev_bytes = _kept(lambda: rev_lif(x))
+    y, state = rev_lif(x)
     x_rec, state0 = rev_lif_inverse(y.detach(), state)
     x_grid = torch.floor(x.detach() * 2 ** 16 + 0.5) / 2 ** 16  # the node's float32 input grid
     exact = torch.equal(x_rec, x_grid) and not state0.v_fixed.any()
@@ -79,35 +82,30 @@ def main(argv=None) -> None:
         raise SystemExit("reconstruction was not exact")
     y.sum().backward()
 
-    _, lif_bytes = _kept(lambda: lif_bptt(x)[0])
     y_bytes = y.numel() * y.element_size()
 
-    def step_rev():
-        x.grad = None
-        y, _ = rev_lif(x)
-        y.backward(torch.ones_like(y))
+    def fwd_bwd(fn):
+        def step():
+            x.grad = None
+            out = fn()
+            out.backward(torch.ones_like(out))
+        return step
 
-    def step_lif():
-        x.grad = None
-        s, _ = lif_bptt(x)
-        s.backward(torch.ones_like(s))
-
-    t_rev = _time(step_rev, device, repeat)
-    t_lif = _time(step_lif, device, repeat)
-    rows = [
-        ("RevLIF (revsnn, fused)", (rev_bytes - y_bytes) / neurons, y_bytes / neurons / T,
-         t_rev / T),
-        ("LIF, plain-PyTorch BPTT", lif_bytes / neurons, None, t_lif / T),
-    ]
-    print(f"\n| node | kept for backward, bytes/neuron (excl. output) | + output y, "
-          f"bytes/neuron/step | fwd+bwd time per step |")
-    print("|---|---|---|---|")
-    for name, kept, yb, t in rows:
-        ytxt = f"{yb:.0f} (the node's own output)" if yb is not None else "-"
-        print(f"| {name} | {kept:.1f} | {ytxt} | {t * 1e3:.2f} ms |")
-    print(f"\nAt T={T} the standard LIF keeps {lif_bytes / neurons:.0f} bytes per neuron, RevLIF "
-          f"{(rev_bytes - y_bytes) / neurons:.0f} plus its output (which the next layer keeps "
-          f"anyway). Timings: {device.type.upper()}, mean of {repeat} runs.")
+    nodes = [("RevLIF (revsnn, fused)", lambda: rev_lif(x)[0]),
+             ("LIF (revsnn, fused)", lambda: lif(x)[0]),
+             ("LIF, hand-written PyTorch loop", lambda: plain_lif(x))]
+    print(f"\n| node | kept for backward, bytes/neuron | time per step, fwd+bwd |")
+    print("|---|---|---|")
+    for name, fn in nodes:
+        _, kept = _kept(fn)
+        if name.startswith("RevLIF"):
+            kept_txt = (f"{(kept - y_bytes) / neurons:.1f} + its output y "
+                        f"({y_bytes / neurons / T:.0f} per step, kept by the next layer anyway)")
+        else:
+            kept_txt = f"{kept / neurons:.1f} ({kept / neurons / T:.1f} per step)"
+        print(f"| {name} | {kept_txt} | {_time(fwd_bwd(fn), device, repeat) / T * 1e3:.2f} ms |")
+    print(f"\nbytes/neuron: measured with saved_tensors_hooks at T={T}. Timings: "
+          f"{device.type.upper()}, mean of {repeat} runs after a warm-up.")
 
 
 if __name__ == "__main__":
