@@ -12,6 +12,7 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")):
 from . import functional, reference  # noqa: E402
 from .nn import LIF, RevLIF  # noqa: E402
 from .state import RevLIFState  # noqa: E402
+from .convert import convert  # noqa: E402
 
-__all__ = ["LIF", "RevLIF", "RevLIFState", "functional", "reference"]
+__all__ = ["LIF", "RevLIF", "RevLIFState", "convert", "functional", "reference"]
 __version__ = "0.1.0"

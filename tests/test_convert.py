@@ -1,0 +1,467 @@
+"""revsnn.convert: small conv SNNs from SpikingJelly, snnTorch and Norse, converted in place.
+
+to="lif": the converted model computes what the original computed (forward bit-equal, gradients
+to float32 rounding). to="revlif": it trains and keeps less for backward. Plus the report,
+strict, overrides, the step adapters and revsnn.convert.multistep, and bad input."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import revsnn
+from revsnn.convert import (SNNTORCH_SUBTRACT, ConversionReport, SnnTorchLeaky,
+                            SpikingJellyNode, multistep)
+
+from .test_parity import (assert_close_rel, needs_norse, needs_sj, needs_snn, norse, rand, sj,
+                          snn)
+from .test_rev_lif import saved_bytes
+
+T, B, HW = 6, 3, 6
+
+
+def frame(seed=0, channels=2, grad=True, steps=T):
+    """Input ``[T, B, C, H, W]`` that makes the first layer fire."""
+    return rand((steps, B, channels, HW, HW), 1.0, 0.5, seed, grad=grad)
+
+
+def excite(model):
+    """Stronger weights and a positive bias, so that every neuron layer fires (~5-40 %)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(4.0)
+                m.bias.add_(0.5)
+    return model
+
+
+def converted_copy(original, to="lif", **kwargs):
+    """A converted deep copy of ``original`` (torch twin for to="lif") and the report."""
+    model = copy.deepcopy(original)
+    if to == "lif":
+        kwargs.setdefault("backend", "torch")
+    return model, revsnn.convert(model, to=to, **kwargs)
+
+
+def grads(model, x, out):
+    """Gradients of a fixed random projection of ``out`` w.r.t. x and every parameter."""
+    g = rand(out.shape, seed=99)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad((out * g).sum(), [x] + params)
+
+
+def assert_same_model(original, converted, run, seed=0):
+    """Forward bit-equal (and firing), backward within 1e-6 of each gradient's scale."""
+    x = frame(seed)
+    ref, out = run(original, x), run(converted, x)
+    assert torch.equal(out, ref) and ref.mean() > 0.02
+    for a, b in zip(grads(converted, x, out), grads(original, x, ref)):
+        assert a.shape == b.shape
+        assert_close_rel(a, b, rel=1e-6)
+
+
+# -- SpikingJelly --------------------------------------------------------------------------------
+def sj_net(step_mode="m"):
+    L, N, S = sj.layer, sj.neuron, sj.surrogate
+    torch.manual_seed(0)
+    return excite(nn.Sequential(
+        L.Conv2d(2, 4, 3, padding=1, step_mode=step_mode),
+        N.LIFNode(tau=2.0, step_mode=step_mode),
+        L.Conv2d(4, 6, 3, padding=1, step_mode=step_mode),
+        N.ParametricLIFNode(init_tau=2.0, v_reset=None, surrogate_function=S.ATan(),
+                            detach_reset=True, step_mode=step_mode),
+        L.Flatten(step_mode=step_mode),
+        L.Linear(6 * HW * HW, 4, step_mode=step_mode),
+        N.LIFNode(tau=4.0, decay_input=False, v_threshold=0.5, step_mode=step_mode)))
+
+
+def run_sj(model, x):
+    sj.functional.reset_net(model)
+    out = model(x)
+    sj.functional.reset_net(model)
+    return out
+
+
+def run_sj_steps(model, x):
+    sj.functional.reset_net(model)
+    out = torch.stack([model(xt) for xt in x])
+    sj.functional.reset_net(model)
+    return out
+
+
+@needs_sj
+def test_spikingjelly_to_lif_is_the_same_model():
+    original = sj_net()
+    converted, report = converted_copy(original)
+    assert [r.name for r in report.replaced] == ["1", "3", "6"] and not report.left
+    assert isinstance(converted[1], revsnn.LIF) and isinstance(converted[6], revsnn.LIF)
+    # the learnable w is the model's own Parameter, still learned: tau = 1/sigmoid(w)
+    assert isinstance(converted[3], SpikingJellyNode) and converted[3].w is not None
+    assert_same_model(original, converted, run_sj)
+    # state is kept between calls and reset_net clears it, as SpikingJelly's nodes do
+    x = frame(1, grad=False)
+    a, b = converted(x[:3]), converted(x[3:])
+    assert torch.equal(torch.cat([a, b]), run_sj(original, x))
+
+
+@needs_sj
+def test_spikingjelly_single_step_nodes_keep_working():
+    original = sj_net("s")
+    converted, report = converted_copy(original)
+    assert len(report.replaced) == 3
+    assert all(isinstance(converted[i], SpikingJellyNode) for i in (1, 3, 6))
+    assert_same_model(original, converted, run_sj_steps)
+    # the step-wise network also runs over the whole sequence in one call per neuron
+    x = frame(2, grad=False)
+    assert torch.equal(multistep(converted, x), run_sj_steps(original, x))
+    # and SpikingJelly's own switch to multi-step mode reaches the adapters
+    for model in (original, converted):
+        sj.functional.set_step_mode(model, "m")
+    assert converted[1].step_mode == "m"
+    assert torch.equal(run_sj(converted, x), run_sj(original, x))
+
+
+# -- snnTorch ------------------------------------------------------------------------------------
+class SnnTorchNet(nn.Module):
+    """snnTorch tutorial style: the forward loops over time, passing ``mem`` explicitly."""
+
+    def __init__(self, reset="zero", beta2=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * HW * HW, 4)
+        self.lif1 = snn.Leaky(beta=0.5, reset_mechanism=reset)
+        beta2 = torch.tensor([0.5, 0.75, 0.875, 0.5, 0.75, 0.875]).view(6, 1, 1) \
+            if beta2 is None else beta2
+        self.lif2 = snn.Leaky(beta=beta2, learn_beta=True, threshold=0.8,
+                              spike_grad=snn.surrogate.sigmoid(slope=4.0),
+                              reset_mechanism=reset)
+        self.lif3 = snn.Leaky(beta=0.75, learn_threshold=True, reset_mechanism=reset,
+                              reset_delay=False)
+        excite(self)
+
+    def forward(self, x):
+        mem1, mem2, mem3 = self.lif1.init_leaky(), self.lif2.init_leaky(), self.lif3.init_leaky()
+        out = []
+        for xt in x:
+            spk1, mem1 = self.lif1(self.conv1(xt), mem1)
+            spk2, mem2 = self.lif2(self.conv2(spk1), mem2)
+            spk3, mem3 = self.lif3(self.fc(spk2.flatten(1)), mem3)
+            out.append(spk3)
+        return torch.stack(out)
+
+
+def snntorch_seq():
+    """snnTorch Sequential style (init_hidden=True): one call per time step."""
+    torch.manual_seed(0)
+    return excite(nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), snn.Leaky(beta=0.5, init_hidden=True,
+                                                 reset_mechanism="zero"),
+        nn.Conv2d(4, 6, 3, padding=1), snn.Leaky(beta=0.75, init_hidden=True,
+                                                 reset_mechanism="zero"),
+        nn.Flatten(), nn.Linear(6 * HW * HW, 4),
+        snn.Leaky(beta=0.875, init_hidden=True, output=True, reset_mechanism="zero")))
+
+
+def run_snntorch_seq(model, x):
+    for m in model.modules():
+        if hasattr(m, "reset_mem"):
+            m.reset_mem()
+    return torch.stack([model(xt)[0] for xt in x])
+
+
+@needs_snn
+def test_snntorch_to_lif_is_the_same_model():
+    """'zero' reset, per-channel learnable beta (one value per conv channel: dim -3), learnable
+    threshold, immediate reset: all exact; the step loop with explicit mem is unchanged."""
+    original = SnnTorchNet()
+    converted, report = converted_copy(original)
+    assert [r.name for r in report.replaced] == ["lif1", "lif2", "lif3"] and not report.left
+    assert all(not r.notes for r in report.replaced)
+    assert converted.lif2.kwargs["dim"] == -3
+    assert {n for n, _ in converted.named_parameters()} == \
+        {n for n, _ in original.named_parameters()}
+    assert_same_model(original, converted, lambda m, x: m(x))
+    # a learnable beta is kept, not copied: an optimizer that holds it goes on updating it
+    beta = original.lif2.beta
+    revsnn.convert(original)
+    assert original.lif2.beta is beta
+
+
+@needs_snn
+def test_snntorch_sequential_and_multistep():
+    original = snntorch_seq()
+    converted, _ = converted_copy(original)
+    assert all(isinstance(converted[i], SnnTorchLeaky) for i in (1, 3, 6))
+    assert_same_model(original, converted, run_snntorch_seq)
+    x = frame(3)
+    ref = run_snntorch_seq(original, x)
+    out, mem = multistep(converted, x)  # output=True: (spk, mem); mem is the final potential
+    assert torch.equal(out, ref) and mem.shape == (B, 4)
+    # the Linear layer rounds a batch of T*B rows a little differently from T batches of B
+    for a, b in zip(grads(converted, x, out), grads(original, x, ref)):
+        assert_close_rel(a, b, rel=1e-5)
+
+
+@needs_snn
+def test_snntorch_subtract_reset_is_replaced_with_a_note():
+    model = SnnTorchNet(reset="subtract")
+    report = revsnn.convert(model, to="lif")
+    notes = {r.name: r.notes for r in report.replaced}
+    assert notes["lif1"] == (SNNTORCH_SUBTRACT,) and notes["lif2"] == (SNNTORCH_SUBTRACT,)
+    assert "below 2*threshold" in notes["lif3"][0]  # reset_delay=False
+    assert "note: snnTorch's 'subtract' reset" in str(report)
+
+
+# -- Norse ---------------------------------------------------------------------------------------
+class NorseNet(nn.Module):
+    """A Norse cell network stepped in a loop, ending in Norse's sequence LIF."""
+
+    def __init__(self, method="tanh"):
+        super().__init__()
+        torch.manual_seed(0)
+        box = norse.LIFBoxParameters(tau_mem_inv=torch.tensor(0.5), method=method,
+                                     alpha=torch.tensor(2.0))
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.cell1 = norse.LIFBoxCell(box, dt=1.0)
+        self.cell2 = norse.LIFCell(norse.LIFParameters(
+            tau_syn_inv=torch.tensor(1.0), tau_mem_inv=torch.tensor(0.25),
+            v_th=torch.tensor(0.6), method=method, alpha=torch.tensor(2.0)), dt=1.0)
+        self.fc = nn.Linear(6 * HW * HW, 4)
+        self.lif = norse.LIF(norse.LIFParameters(
+            tau_syn_inv=torch.tensor(1000.0), tau_mem_inv=torch.tensor(500.0),
+            v_th=torch.tensor(0.3), method=method, alpha=torch.tensor(2.0)))
+        excite(self)
+
+    def forward(self, x):
+        s1 = s2 = None
+        hidden = []
+        for xt in x:
+            z1, s1 = self.cell1(self.conv1(xt), s1)
+            z2, s2 = self.cell2(self.conv2(z1), s2)
+            hidden.append(self.fc(z2.flatten(1)))
+        z, _ = self.lif(torch.stack(hidden))
+        return z
+
+
+@needs_norse
+def test_norse_to_lif_is_the_same_model():
+    original = NorseNet()
+    converted, report = converted_copy(original)
+    assert [r.name for r in report.replaced] == ["cell1", "cell2", "lif"] and not report.left
+    assert_same_model(original, converted, lambda m, x: m(x))
+
+
+@needs_norse
+def test_norse_surrogate_without_counterpart_needs_an_override():
+    model = NorseNet(method="super")
+    report = revsnn.convert(model, to="lif")
+    assert not report.replaced and len(report.left) == 3
+    assert all("method='super'" in lf.reason for lf in report.left)
+    report = revsnn.convert(model, to="lif", surrogate="atan")
+    assert len(report.replaced) == 3 and not report.left
+    assert all("override surrogate='atan'" in r.notes[0] for r in report.replaced)
+    assert model(frame(4, grad=False)).shape == (T, B, 4)
+
+
+@needs_norse
+def test_norse_two_state_lif_is_left_with_the_reason():
+    cell = norse.LIFCell()  # dt*tau_syn_inv = 0.2: a synaptic current that outlasts a step
+    report = revsnn.convert(nn.Sequential(cell), to="lif", surrogate="atan")
+    assert not report.replaced and "dt*tau_syn_inv = 0.2" in report.left[0].reason
+
+
+# -- to="revlif" ---------------------------------------------------------------------------------
+def train(model, run, steps=8, seed=0):
+    """A few Adam steps on a fixed batch of a 4-class problem; the losses."""
+    x = frame(seed, grad=False)
+    target = torch.arange(B) % 4
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(steps):
+        logits = run(model, x).mean(0)
+        loss = nn.functional.cross_entropy(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def kept_bytes(model, run):
+    """Bytes kept for backward by one forward pass (each storage counted once)."""
+    x = frame(5, grad=False)
+    _, saved = saved_bytes(lambda: run(model, x))
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in saved if isinstance(t, torch.Tensor)}.values())
+
+
+@needs_sj
+def test_spikingjelly_to_revlif_trains_and_keeps_less():
+    original = sj_net()
+    model = copy.deepcopy(original)
+    report = revsnn.convert(model, to="revlif", example_input=frame(grad=False))
+    assert [r.name for r in report.replaced] == ["1", "3", "6"] and not report.left
+    assert isinstance(model[1], revsnn.RevLIF) and isinstance(model[6], revsnn.RevLIF)
+    assert isinstance(model[3], SpikingJellyNode) and model[3].w is not None  # tau learned
+    assert "train or fine-tune" in str(report)
+    before, after = kept_bytes(original, run_sj), kept_bytes(model, run_sj)
+    assert after < 0.6 * before, (before, after)
+    losses = train(model, run_sj)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@needs_snn
+def test_snntorch_to_revlif_multistep_trains_and_keeps_less():
+    """A step-wise network converted to revlif: step by step it warns (gradients truncated at
+    each step) and computes the same forward as multistep, which runs each node over all T
+    steps in one call, trains and keeps less than the original's step loop."""
+    original = snntorch_seq()
+    model = copy.deepcopy(original)
+    report = revsnn.convert(model, to="revlif", example_input=frame(grad=False)[0])
+    # the last Leaky sees 4 features: even; convert all three
+    assert len(report.replaced) == 3 and not report.left
+
+    def run_multi(m, x):
+        return multistep(m, x)[0]
+    # in float64, where batching T*B rows or B rows rounds the same (the node's input grid is
+    # 2**-16), stepping and multistep give the same outputs bit for bit
+    m64, x = copy.deepcopy(model).double(), frame(6).double()
+    with pytest.warns(UserWarning, match="truncated at every step"):
+        stepped = run_snntorch_seq(m64, x)
+    assert torch.equal(run_multi(m64, x), stepped)
+    before, after = kept_bytes(original, run_snntorch_seq), kept_bytes(model, run_multi)
+    assert after < 0.6 * before, (before, after)
+    losses = train(model, run_multi)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@needs_sj
+def test_revlif_odd_channels_left_with_example_input():
+    L, N = sj.layer, sj.neuron
+    model = nn.Sequential(L.Conv2d(2, 5, 3, padding=1, step_mode="m"), N.LIFNode(step_mode="m"),
+                          L.Conv2d(5, 4, 3, padding=1, step_mode="m"), N.LIFNode(step_mode="m"))
+    x = frame(grad=False)
+    report = revsnn.convert(copy.deepcopy(model), to="revlif", example_input=x)
+    assert [r.name for r in report.replaced] == ["3"]
+    assert report.left[0].name == "1" and "needs it even" in report.left[0].reason
+    assert "(6, 3, 5, 6, 6)" in report.left[0].reason
+    with pytest.raises(ValueError, match="1: spikingjelly LIFNode: input of shape"):
+        revsnn.convert(copy.deepcopy(model), to="revlif", strict=True, example_input=x)
+    # without example_input the odd node is converted and says so at its first forward
+    revsnn.convert(model, to="revlif")
+    with pytest.raises(ValueError, match="must be even"):
+        model(x)
+
+
+# -- report, strict, overrides, bad input --------------------------------------------------------
+@needs_sj
+@needs_snn
+def test_report_names_what_was_left_and_strict_leaves_the_model_alone():
+    S, N = sj.surrogate, sj.neuron
+    shared = snn.Leaky(beta=0.5)
+    model = nn.Sequential(N.LIFNode(step_mode="m"),
+                          N.LIFNode(step_mode="m", surrogate_function=S.PiecewiseQuadratic()),
+                          N.IFNode(step_mode="m"), snn.Synaptic(alpha=0.9, beta=0.8),
+                          nn.Sequential(shared), shared, nn.ReLU())
+    before = [type(m) for m in model]
+    with pytest.raises(ValueError, match="strict=True") as err:
+        revsnn.convert(model, to="lif", strict=True)
+    assert "PiecewiseQuadratic" in str(err.value) and "Synaptic" in str(err.value)
+    assert [type(m) for m in model] == before
+    report = revsnn.convert(model, to="lif")
+    assert isinstance(report, ConversionReport)
+    assert [r.name for r in report.replaced] == ["0", "4.0, 5"]
+    assert model[5] is model[4][0] and isinstance(model[5], SnnTorchLeaky)
+    left = {lf.name: lf.reason for lf in report.left}
+    assert set(left) == {"1", "2", "3"}
+    assert "PiecewiseQuadratic" in left["1"] and "finite tau" in left["2"]
+    assert left["3"] == "no revsnn counterpart"
+    text = str(report)
+    assert text.startswith("revsnn.convert(to='lif'): 2 replaced, 3 left in place")
+    assert "left     3: snntorch Synaptic: no revsnn counterpart" in text
+    # IFNode converts to the reversible node (tau = inf)
+    report = revsnn.convert(model, to="revlif")
+    assert [r.name for r in report.replaced] == ["2"]
+    assert model[2].tau == float("inf")
+
+
+@needs_sj
+def test_subclass_and_model_itself():
+    class MyLIF(sj.neuron.LIFNode):
+        pass
+    report = revsnn.convert(nn.Sequential(MyLIF(step_mode="m")))
+    assert "a subclass of LIFNode" in report.left[0].reason
+    report = revsnn.convert(sj.neuron.LIFNode(step_mode="m"))
+    assert report.left[0].name == "<model>" and "wrap it" in report.left[0].reason
+
+
+@needs_sj
+def test_overrides_apply_to_every_converted_node():
+    model = sj_net()
+    report = revsnn.convert(model, to="lif", surrogate="atan", backend="torch")
+    assert model[1].kwargs["surrogate"] == "atan" and model[1].kwargs["surrogate_alpha"] is None
+    assert model[3].kwargs["surrogate"] == "atan"
+    assert len(report.replaced) == 3
+    model = sj_net()
+    revsnn.convert(model, to="revlif", alpha=0.5, tau=3.0)
+    assert isinstance(model[3], revsnn.RevLIF)  # a fixed tau in place of the learnable one
+    assert model[3].kwargs["alpha"] == 0.5 and model[3].tau == 3.0
+
+
+def test_no_peer_modules_no_change():
+    model = nn.Sequential(nn.Linear(3, 4), revsnn.LIF(), nn.ReLU())
+    report = revsnn.convert(model)
+    assert not report.replaced and not report.left
+    assert "0 replaced, 0 left in place" in str(report)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(model="net"), TypeError, "model must be a torch.nn.Module"),
+    (dict(to="rev"), ValueError, "to must be one of"),
+    (dict(strict=1), TypeError, "strict must be a bool"),
+    (dict(taus=2.0), TypeError, r"unknown keyword\(s\) \['taus'\]"),
+    (dict(alpha=0.5), TypeError, r"unknown keyword\(s\) \['alpha'\] for revsnn.LIF"),
+    (dict(tau=0.5), ValueError, "tau must be > 1"),
+    (dict(to="revlif", beta1=0.3), ValueError, "beta1"),
+    (dict(backend="cuda"), ValueError, "backend must be one of"),
+])
+def test_bad_input(kwargs, exc, match):
+    model = kwargs.pop("model", nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(exc, match=match):
+        revsnn.convert(model, **kwargs)
+
+
+def test_multistep_bad_input():
+    with pytest.raises(TypeError, match="model must be"):
+        multistep("net", torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"x_seq must be a tensor \[T, B, \*\]"):
+        multistep(nn.Identity(), torch.zeros(3))
+    with pytest.raises(ValueError, match="no step-wise revsnn adapter"):
+        multistep(nn.Sequential(revsnn.LIF()), torch.zeros(2, 2, 2))
+    assert revsnn.convert.multistep is multistep
+
+
+@needs_snn
+def test_snntorch_adapter_signature():
+    """init_hidden refuses mem, as snnTorch does; the explicit-mem revlif adapter hands back a
+    float potential and resumes exactly from the state behind it."""
+    m = nn.Sequential(snn.Leaky(beta=0.5, init_hidden=True))
+    revsnn.convert(m)
+    with pytest.raises(TypeError, match="init_hidden"):
+        m[0](torch.zeros(2, 4), torch.zeros(2, 4))
+    m = nn.Sequential(snn.Leaky(beta=0.5, reset_mechanism="zero"))
+    revsnn.convert(m, to="revlif")
+    x = frame(7, channels=4, grad=False)[:, :, :, 0, 0]  # [T, B, 4]
+    mem, spikes = m[0].init_leaky(), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no gradient recorded: no warning
+        for xt in x:
+            y, mem = m[0](xt, mem)
+            spikes.append(y)
+    assert mem.dtype == torch.float32 and mem.shape == (B, 4)
+    y_all, st = revsnn.functional.rev_lif(x, tau=2.0, decay_input=False, v_reset=0.0,
+                                          surrogate="atan", surrogate_alpha=2.0,
+                                          detach_reset=True)
+    assert torch.equal(torch.stack(spikes), y_all) and torch.equal(mem, st.v)
