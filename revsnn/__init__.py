@@ -16,3 +16,11 @@ from .convert import convert  # noqa: E402
 
 __all__ = ["LIF", "RevLIF", "RevLIFState", "convert", "functional", "reference"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``revsnn.models`` is imported on first use (it is not needed to use the layers)."""
+    if name == "models":
+        import importlib
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module 'revsnn' has no attribute {name!r}")

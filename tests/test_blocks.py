@@ -1,0 +1,228 @@
+"""Reversible blocks: exact reconstruction, gradients equal to plain autograd, stateful modules
+(neurons, BatchNorm, dropout) replayed faithfully, memory flat in depth, errors."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import revsnn
+from revsnn.models import PerStep
+from revsnn.nn import RevBlock, RevSequential, reset_neurons
+from revsnn.nn.blocks import GRID_BITS, LIMIT, neurons, quantize
+from revsnn.train import KeptBytes
+
+from .test_train import _one_thread  # noqa: F401  (autouse fixture)
+
+NEURONS = ["revlif", "lif"]
+
+
+def neuron_layer(kind):
+    return revsnn.RevLIF(dim=2) if kind == "revlif" else revsnn.LIF()
+
+
+def branch(c, kind, dropout=0.0):
+    """conv-BN(-dropout)-neuron on c channels, over [T, B, c, H, W]."""
+    mods = [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
+    if dropout:
+        mods.append(nn.Dropout(dropout))
+    return nn.Sequential(PerStep(*mods), neuron_layer(kind))
+
+
+def chain(n, C=8, kind="revlif", dropout=0.0, seed=0, reversible=True):
+    torch.manual_seed(seed)
+    return RevSequential(*[RevBlock(branch(C // 2, kind, dropout), branch(C // 2, kind, dropout))
+                           for _ in range(n)], reversible=reversible)
+
+
+def make_x(shape, seed=1, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * scale
+
+
+def on_grid(x):
+    return torch.round(x * 2 ** GRID_BITS) / 2 ** GRID_BITS
+
+
+def assert_close_rel(a, b, rel=1e-5):
+    err = (a.double() - b.double()).abs().max().item()
+    assert err <= rel * b.double().abs().max().item() + 1e-30, (err, b.abs().max().item())
+
+
+def run_pair(rev, x, weight, chunks=1, autocast=None):
+    """Forward (in `chunks` calls without reset; under `autocast` if given) and backward of
+    sum(y * weight) (outside autocast, as usual)."""
+    xr = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+        ys = [rev(c) for c in xr.chunk(chunks)]
+    (torch.cat(ys) * weight).sum().backward()
+    return torch.cat(ys), xr.grad
+
+
+def compare(rev, plain, x, chunks=1, seed=3, autocast=None):
+    weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
+    torch.manual_seed(seed)
+    y_a, g_a = run_pair(rev, x, weight, chunks, autocast)
+    after_a = torch.rand(3)
+    torch.manual_seed(seed)
+    y_b, g_b = run_pair(plain, x, weight, chunks, autocast)
+    after_b = torch.rand(3)
+    assert torch.equal(y_a, y_b)
+    assert torch.equal(after_a, after_b)  # the recomputation left the generator alone
+    assert_close_rel(g_a, g_b)
+    n = 0
+    for (name, p), q in zip(rev.named_parameters(), plain.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert_close_rel(p.grad, q.grad)
+        n += 1
+    assert n > 0
+    for (name, a), b in zip(rev.named_buffers(), plain.buffers()):
+        assert torch.equal(a, b), name  # BatchNorm statistics counted once
+    for a, b in zip(neurons(rev), neurons(plain)):
+        sa = a.state.v_fixed if hasattr(a, "state") else a.v
+        sb = b.state.v_fixed if hasattr(b, "state") else b.v
+        assert torch.equal(sa, sb)
+
+
+# -- exactness -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", NEURONS)
+def test_reconstruction_through_8_blocks_bit_exact(kind):
+    net = chain(8, kind=kind)
+    x = make_x((4, 3, 8, 5, 5))
+    y = net(x)
+    assert not torch.equal(y, quantize(x))
+    bufs = [b.clone() for b in net.buffers()]
+    reset_neurons(net)
+    x_rec = net.inverse(y)
+    assert torch.equal(x_rec, on_grid(x))
+    assert all(torch.equal(a, b) for a, b in zip(bufs, net.buffers()))
+
+
+@pytest.mark.parametrize("kind", NEURONS)
+def test_backward_rebuilds_every_block_input_exactly(kind):
+    """The inputs f and g see in the backward's recomputation are those of the forward."""
+    net = chain(8, kind=kind)
+    seen = {}
+    for i, b in enumerate(net):
+        for name in ("f", "g"):
+            getattr(b, name).register_forward_hook(
+                lambda m, inp, out, k=(i, name): seen.setdefault(k, []).append(inp[0].detach()))
+    x = make_x((4, 3, 8, 5, 5)).requires_grad_()
+    net(x).sum().backward()
+    assert len(seen) == 16
+    for k, (fwd, rec) in seen.items():
+        assert torch.equal(fwd, rec), k
+
+
+# -- gradients -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", NEURONS)
+def test_gradients_equal_plain_autograd(kind):
+    rev = chain(3, kind=kind)
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    compare(rev, plain, make_x((6, 4, 8, 5, 5)))
+
+
+@pytest.mark.parametrize("kind", NEURONS)
+def test_neuron_state_carried_between_calls(kind):
+    """Two calls without reset: the recomputation of the first starts from zero state, that of
+    the second from the state the first left, and the neurons end where the forward left them."""
+    rev = chain(2, kind=kind)
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    x = make_x((8, 3, 8, 4, 4))
+    if kind == "lif":
+        # plain LIF carries autograd history across calls; reversible blocks stop gradients at
+        # call boundaries (the forward ran under no_grad): compare with a detached carry
+        for m in neurons(plain):
+            m.register_forward_pre_hook(lambda mod, inp: setattr(
+                mod, "v", None if mod.v is None else mod.v.detach()))
+    compare(rev, plain, x, chunks=2)
+
+
+def test_dropout_random_numbers_replayed():
+    rev = chain(3, kind="revlif", dropout=0.3)
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    compare(rev, plain, make_x((4, 3, 8, 4, 4)))
+
+
+def test_autocast_bf16_matches_plain():
+    rev = chain(2, kind="revlif")
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    x = make_x((4, 2, 8, 4, 4))
+    compare(rev, plain, x, autocast=torch.bfloat16)
+
+
+def test_single_block_and_no_grad():
+    torch.manual_seed(0)
+    block = RevBlock(branch(4, "revlif"), branch(4, "revlif"))
+    x = make_x((3, 2, 8, 4, 4))
+    with torch.no_grad():
+        y0 = block(x)
+    reset_neurons(block)
+    y = block(x.clone().requires_grad_())
+    assert torch.equal(y, y0)
+    reset_neurons(block)
+    assert torch.equal(block.inverse(y.detach()), on_grid(x))
+
+
+def test_linear_branches_dim_last():
+    torch.manual_seed(0)
+
+    def lin():
+        return nn.Sequential(nn.Linear(6, 6), revsnn.RevLIF(dim=-1))
+    rev = RevSequential(RevBlock(lin(), lin(), dim=-1), RevBlock(lin(), lin(), dim=-1))
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    compare(rev, plain, make_x((5, 3, 12)))
+
+
+# -- memory --------------------------------------------------------------------------------------
+def kept_bytes(net, x):
+    with KeptBytes(net) as kb:
+        y = net(x)
+    return kb.bytes, y
+
+
+def test_kept_for_backward_flat_in_depth():
+    x = make_x((4, 2, 8, 4, 4)).requires_grad_()
+    rev, plain = {}, {}
+    for n in (2, 4, 8):
+        rev[n], y = kept_bytes(chain(n), x)
+        assert rev[n] == y.numel() * y.element_size()  # the chain's output, nothing else
+        plain[n], _ = kept_bytes(chain(n, reversible=False), x)
+    assert rev[2] == rev[4] == rev[8]
+    assert plain[2] < plain[4] < plain[8]
+    assert plain[8] > 10 * rev[8]
+
+
+# -- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [LIMIT, float("nan")])
+def test_out_of_range_detected_at_backward(bad):
+    net = chain(2)
+    x = make_x((3, 2, 8, 3, 3))
+    x[0, 0, 0, 0, 0] = bad
+    y = net(x.requires_grad_())
+    with pytest.raises(ValueError, match=r"\|value\| < 256"):
+        y.sum().backward()
+
+
+def test_bad_arguments():
+    net = chain(1)
+    with pytest.raises(ValueError, match="must be even"):
+        net(torch.zeros(2, 2, 7, 3, 3))
+    with pytest.raises(ValueError, match="rank >= 3"):
+        net(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="non-time dimension"):
+        RevBlock(nn.Identity(), nn.Identity(), dim=0)(torch.zeros(2, 2, 2))
+    with pytest.raises(TypeError, match="floating-point"):
+        net(torch.zeros(2, 2, 8, 3, 3, dtype=torch.long))
+    wrong = RevBlock(nn.Linear(2, 3), nn.Identity(), dim=-1)
+    with pytest.raises(ValueError, match="RevBlock.f must map a half"):
+        wrong(torch.zeros(2, 2, 4))
+    with pytest.raises(TypeError, match="takes RevBlocks"):
+        RevSequential(nn.Identity())
+    with pytest.raises(TypeError, match="nn.Module"):
+        RevBlock(lambda t: t, nn.Identity())

@@ -1,0 +1,150 @@
+"""Model zoo: documented parameter counts, seeds, encodings, neuron reset, reversible memory."""
+import re
+
+import pytest
+import torch
+
+from revsnn import models
+from revsnn.nn import RevSequential
+from revsnn.train import KeptBytes
+
+from .test_train import _one_thread  # noqa: F401  (autouse fixture)
+
+BUILDERS = {
+    "spiking_vgg11": (models.spiking_vgg11, {}),
+    "spiking_vgg16": (models.spiking_vgg16, {}),
+    "spiking_resnet18": (models.spiking_resnet18, {}),
+    "spiking_resnet19": (models.spiking_resnet19, {}),
+    "spiking_mlp": (models.spiking_mlp, {}),
+    "convnet8": (models.convnet8, {}),
+}
+
+
+def documented_counts():
+    """{builder: (count reversible=False, count reversible=True)} from the module's table."""
+    rows = re.findall(r"``(\w+)``\s+\S+\s+([\d,]+)\s+([\d,]+)", models.__doc__)
+    return {name: (int(a.replace(",", "")), int(b.replace(",", ""))) for name, a, b in rows}
+
+
+def test_parameter_counts_match_docs():
+    table = documented_counts()
+    assert set(table) == set(BUILDERS)
+    for name, (build, kw) in BUILDERS.items():
+        for neuron in models.NEURONS:
+            for i, rev in enumerate((False, True)):
+                with torch.device("meta"):
+                    n = models.count_parameters(build(neuron=neuron, reversible=rev, **kw))
+                assert n == table[name][i], (name, neuron, rev, n)
+        # the builder's own docstring quotes the same two numbers
+        doc = build.__doc__.replace(",", "")
+        assert str(table[name][0]) in doc and str(table[name][1]) in doc, name
+
+
+def test_reversible_variants_use_reversible_blocks():
+    for name, (build, kw) in BUILDERS.items():
+        with torch.device("meta"):
+            plain, rev = build(reversible=False, **kw), build(reversible=True, **kw)
+        assert not any(isinstance(m, RevSequential) for m in plain.modules()), name
+        assert any(isinstance(m, RevSequential) for m in rev.modules()), name
+
+
+SMALL = {
+    "vgg11": (lambda **k: models.spiking_vgg11(width=8, **k), (2, 3, 32, 32)),
+    "mlp": (lambda **k: models.spiking_mlp(hidden=16, **k), (3, 64)),
+    "convnet8": (lambda **k: models.convnet8(width=8, **k), (3, 1, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_same_seed_same_weights_for_both_neurons(name):
+    build, _ = SMALL[name]
+    sd = {}
+    for neuron in models.NEURONS:
+        torch.manual_seed(7)
+        sd[neuron] = build(neuron=neuron, reversible=True).state_dict()
+    a, b = sd.values()
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(8)
+    other = build(neuron="lif", reversible=True).state_dict()
+    assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("neuron", models.NEURONS)
+@pytest.mark.parametrize("reversible", [False, True])
+def test_forward_backward(name, neuron, reversible):
+    build, shape = SMALL[name]
+    torch.manual_seed(0)
+    net = build(neuron=neuron, reversible=reversible, T=3)
+    x = torch.rand(shape)
+    out = net(x)
+    assert out.shape == (shape[0], 10)
+    torch.nn.functional.cross_entropy(out, torch.arange(shape[0]) % 10).backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+@pytest.mark.parametrize("build", [models.spiking_resnet18, models.spiking_resnet19,
+                                   lambda **k: models.spiking_vgg16(width=8, **k)])
+def test_cifar_networks_run(build):
+    torch.manual_seed(0)
+    net = build(neuron="revlif", reversible=True, T=1, num_classes=5)
+    out = net(torch.rand(1, 3, 32, 32))
+    assert out.shape == (1, 5)
+    out.sum().backward()
+
+
+def test_repeat_encoding_and_reset_each_call():
+    torch.manual_seed(0)
+    net = models.convnet8(width=8, neuron="revlif", reversible=True, T=4).eval()
+    x = torch.rand(3, 1, 8, 8)
+    y_static = net(x)
+    y_again = net(x)  # a new sequence: neurons were reset, same answer
+    y_time_first = net(x.unsqueeze(0).repeat(4, 1, 1, 1, 1))
+    assert torch.equal(y_static, y_again)
+    assert torch.equal(y_static, y_time_first)
+    assert net.encode(x).shape == (4, 3, 1, 8, 8)
+
+
+def test_reset_function():
+    net = models.spiking_mlp(hidden=8, neuron="revlif")
+    net.body(torch.rand(2, 3, 64))
+    states = [m.state for m in net.modules() if hasattr(m, "state")]
+    assert states and all(s is not None for s in states)
+    models.reset(net)
+    assert all(m.state is None for m in net.modules() if hasattr(m, "state"))
+
+
+def kept(net, x):
+    with KeptBytes(net) as kb:
+        net(x)
+    return kb.bytes
+
+
+def test_reversible_keeps_less():
+    x = torch.rand(8, 1, 8, 8)
+    sizes = {}
+    for rev in (False, True):
+        torch.manual_seed(0)
+        sizes[rev] = kept(models.convnet8(neuron="revlif", reversible=rev, T=4), x)
+    assert sizes[True] < 0.8 * sizes[False]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="width=7 must be even for neuron='revlif'"):
+        models.convnet8(width=7, neuron="revlif")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        models.convnet8(width=6, neuron="revlif", reversible=True)
+    with pytest.raises(ValueError, match="even for reversible=True"):
+        models.spiking_mlp(hidden=7, neuron="lif", reversible=True)
+    with pytest.raises(ValueError, match="neuron must be one of"):
+        models.spiking_mlp(neuron="izhikevich")
+    with pytest.raises(ValueError, match="T must be an int >= 1"):
+        models.spiking_mlp(T=0)
+    with pytest.raises(ValueError, match="depth must be"):
+        models.spiking_mlp(depth=0)
+    net = models.spiking_mlp(hidden=8)
+    with pytest.raises(ValueError, match="rank 2 or"):
+        net(torch.zeros(2, 3, 4, 64))

@@ -1,0 +1,288 @@
+"""Training command: arguments, tiny runs on the digits, exact resume, DDP with gloo on CPU."""
+import importlib.util
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from revsnn import data as rdata
+from revsnn import train as rtrain
+
+TINY = ["--train-size", "96", "--test-size", "64", "--batch-size", "32", "--width", "8",
+        "--T", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and unharmed by a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(argv, log=None):
+    lines = []
+    out = rtrain.train(rtrain.parse_args(argv), log=lines.append if log is None else log)
+    return out, lines
+
+
+def test_defaults():
+    a = rtrain.parse_args([])
+    assert (a.dataset, a.model, a.neuron, a.reversible, a.T) == ("digits", "convnet8",
+                                                                 "revlif", False, 4)
+    a = rtrain.parse_args(["--dataset", "digits-seq"])
+    assert (a.model, a.T) == ("mlp", 64)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["--T", "0"], "--T must be >= 1, got 0"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--width", "7"], "width=7 must be even for neuron='revlif'"),
+    (["--width", "6", "--reversible"], "multiple of 4"),
+    (["--dataset", "digits-seq", "--T", "8"], "--T must be 64"),
+    (["--model", "vgg11"], "sized for 32x32 images"),
+    (["--dataset", "cifar10", "--model", "resnet18", "--width", "8"], "--width is not an "
+                                                                     "option"),
+    (["--tau", "1.0"], "--tau must be > 1"),
+])
+def test_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        rtrain.parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_gets_a_message_not_a_download(tmp_path, capsys):
+    assert rtrain.main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "nope"),
+                        "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py not found" in err and "does not download" in err
+    assert rtrain.main(["--dataset", "cifar100", "--no-progress"]) == 2
+    assert "needs --data-dir" in capsys.readouterr().err
+    if importlib.util.find_spec("tonic") is None:
+        assert rtrain.main(["--dataset", "dvs128", "--data-dir", str(tmp_path)]) == 2
+        assert "tonic" in capsys.readouterr().err
+
+
+def test_dvs128_through_tonic(tmp_path, monkeypatch):
+    """The dvs128 path against a stand-in for tonic's API (DVSGesture, ToFrame)."""
+    import types
+
+    class ToFrame:
+        def __init__(self, sensor_size, n_time_bins):
+            self.shape = (n_time_bins, sensor_size[2], sensor_size[1], sensor_size[0])
+
+    class DVSGesture:
+        sensor_size = (128, 128, 2)
+
+        def __init__(self, save_to, train, transform):
+            assert save_to == str(tmp_path)
+            self.n, self.transform = (5 if train else 3), transform
+
+        def __iter__(self):
+            for i in range(self.n):
+                yield torch.ones(self.transform.shape).numpy(), i % 11
+
+    fake = types.SimpleNamespace(datasets=types.SimpleNamespace(DVSGesture=DVSGesture),
+                                 transforms=types.SimpleNamespace(ToFrame=ToFrame))
+    monkeypatch.setitem(sys.modules, "tonic", fake)
+    (tmp_path / "DVSGesture").mkdir()
+    ds = rdata.load("dvs128", str(tmp_path), T=3)
+    assert ds.train.x.shape == (5, 3, 2, 32, 32) and ds.num_classes == 11
+    assert float(ds.train.x[0, 0, 0, 0, 0]) == 16.0  # events summed over 4x4 pixels
+    x, y = next(rdata.Loader(ds, "train", 4, 0, True).epoch(0))
+    assert x.shape == (3, 4, 2, 32, 32)
+
+
+def test_cifar_path_with_a_stand_in(tmp_path, monkeypatch):
+    """CIFAR arrays as torchvision holds them -> normalised, augmented batches."""
+    import numpy as np
+    import torchvision
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            assert root == str(tmp_path) and download is False
+            n = 6 if train else 4
+            self.data = np.full((n, 32, 32, 3), 128, dtype=np.uint8)
+            self.targets = list(range(n))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    ds = rdata.load("cifar10", str(tmp_path))
+    assert ds.train.x.shape == (6, 3, 32, 32) and ds.train.x.dtype == torch.uint8
+    x, y = next(rdata.Loader(ds, "train", 6, 0, True).epoch(0))
+    assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32
+    mid = (128 / 255 - 0.4914) / 0.2470
+    assert abs(float(x[:, 0, 12:20, 12:20].mean()) - mid) < 1e-5  # centre survives the crop
+    assert (x == 0).any()  # zero padding shifted in by the random crop
+    xt, _ = next(rdata.Loader(ds, "test", 4, 0, False).epoch(0))
+    assert not (xt == 0).any()  # no augmentation at test time
+
+
+def test_digits_data():
+    ds = rdata.load("digits")
+    assert ds.train.x.shape == (1437, 1, 8, 8) and ds.test.x.shape == (360, 1, 8, 8)
+    assert float(ds.train.x.max()) == 1.0 and float(ds.train.x.min()) == 0.0
+    seq = rdata.load("digits-seq")
+    assert torch.equal(seq.test.x.view(-1, 1, 8, 8), ds.test.x)
+    loader = rdata.Loader(seq, "train", 50, seed=3, shuffle=True)
+    x, y = next(loader.epoch(0))
+    assert x.shape == (64, 50, 1) and y.shape == (50,)
+    x2, _ = next(loader.epoch(0))
+    x3, _ = next(loader.epoch(1))
+    assert torch.equal(x, x2) and not torch.equal(x, x3)
+    # two ranks split the padded order between them
+    parts = [torch.cat([b for _, b in rdata.Loader(ds, "train", 64, 3, True, r, 2).epoch(0)])
+             for r in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == 719
+
+
+@pytest.mark.parametrize("neuron, reversible", [("revlif", False), ("revlif", True),
+                                                ("lif", True)])
+def test_tiny_static_run_learns(neuron, reversible):
+    out, lines = run(["--neuron", neuron, "--epochs", "3", "--lr", "1e-2"] + TINY
+                     + (["--reversible"] if reversible else []))
+    h = out["history"]
+    assert len(h) == 3 and len(lines) == 4
+    assert h[-1]["loss"] < h[0]["loss"]
+    assert h[-1]["train_acc"] > h[0]["train_acc"]
+    assert all(0 <= r["test_acc"] <= 1 for r in h)
+    assert all(r["kept_bytes"] > 0 for r in h)
+    assert "test acc" in lines[-1] and "kept for backward" in lines[-1]
+
+
+def test_learns_the_digits():
+    out, _ = run(["--reversible", "--train-size", "384", "--epochs", "3", "--width", "16",
+                  "--T", "2", "--no-progress"])
+    assert out["history"][-1]["test_acc"] > 0.6  # 10 classes: chance is 0.1
+
+
+def test_pixel_sequence_run_and_memory():
+    kept = {}
+    for rev in (False, True):
+        out, lines = run(["--dataset", "digits-seq", "--epochs", "1", "--train-size", "32",
+                          "--test-size", "32", "--batch-size", "32", "--width", "16",
+                          "--no-progress"]
+                         + (["--reversible"] if rev else []))
+        kept[rev] = out["history"][0]["kept_bytes"]
+        assert "T=64" in lines[0]
+    assert kept[True] < kept[False]
+
+
+def test_amp_bf16_runs():
+    out, _ = run(["--amp", "bf16", "--epochs", "1", "--reversible"] + TINY)
+    assert torch.isfinite(torch.tensor(out["history"][0]["loss"]))
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at_epoch(n):
+    """A log function that kills the run when epoch n has trained, before its checkpoint."""
+    def log(line):
+        if line.startswith(f"epoch {n:3d}"):
+            raise _Crash
+    return log
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    base = ["--epochs", "3", "--reversible"] + TINY
+    full, _ = run(base + ["--checkpoint", str(tmp_path / "a.pt")])
+    ck = str(tmp_path / "b.pt")
+    with pytest.raises(_Crash):
+        run(base + ["--checkpoint", ck], log=_crash_at_epoch(2))
+    resumed, lines = run(base + ["--resume", ck, "--checkpoint", ck])
+    assert [r["epoch"] for r in resumed["history"]] == [2, 3]
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for r, f in zip(resumed["history"], full["history"][1:]):
+        assert dict(r, time=0) == dict(f, time=0)
+    with pytest.raises(ValueError, match="other settings"):
+        run(base + ["--resume", ck, "--neuron", "lif"])
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        run(base + ["--resume", str(tmp_path / "missing.pt")])
+
+
+def test_progress_bar():
+    buf = io.StringIO()
+    old, sys.stderr = sys.stderr, buf
+    try:
+        bar = rtrain.Progress(4, "epoch 1/1", True, width=8)
+        for i in range(1, 5):
+            bar.update(i, torch.tensor(0.5))
+    finally:
+        sys.stderr = old
+    assert buf.getvalue().endswith("\repoch 1/1 [########] 4/4 loss 0.5000\n")
+
+
+# -- DDP ---------------------------------------------------------------------------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    for rev in (False, True):
+        args = rtrain.parse_args(["--epochs", "1", "--device", "cpu", "--seed", "5",
+                                  "--train-size", "64"] + TINY[2:]
+                                 + (["--reversible"] if rev else []))
+        out = rtrain.train(args, log=lambda s: None)
+        torch.save({k: v.detach() for k, v in out["model"].named_parameters()},
+                   os.path.join(out_dir, f"rank{rank}_rev{int(rev)}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "DDP workers did not finish in 120 s"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+    torch.manual_seed(5)
+    init = dict(rtrain.build_model(rtrain.parse_args(TINY[2:] + ["--reversible"]), 10)
+                .named_parameters())
+    for rev in (0, 1):
+        w0 = torch.load(tmp_path / f"rank0_rev{rev}.pt")
+        w1 = torch.load(tmp_path / f"rank1_rev{rev}.pt")
+        assert w0.keys() == w1.keys() and len(w0) > 0
+        assert all(torch.equal(w0[k], w1[k]) for k in w0)
+        if rev:
+            assert any(not torch.equal(w0[k], init[k]) for k in w0)
+
+
+@pytest.mark.slow
+def test_cli_entry_point_and_torchrun(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    r = subprocess.run([sys.executable, "-m", "revsnn.train", "--epochs", "1"] + TINY,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "epoch   1" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "revsnn.train", "--epochs", "1",
+                        "--reversible", "--device", "cpu"] + TINY,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2 x cpu" in r.stdout
+
+
+@pytest.mark.slow
+def test_compile_runs():
+    out, _ = run(["--compile", "--epochs", "1", "--reversible"] + TINY)
+    assert torch.isfinite(torch.tensor(out["history"][0]["loss"]))
