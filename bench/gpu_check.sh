@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The one GPU check: run from a plain checkout on a CUDA machine (an H100), no install, no
+# network, about 5 minutes:
+#
+#     bash bench/gpu_check.sh            # GPU tests, then the priority benchmark subset
+#     bash bench/gpu_check.sh --full     # the whole test suite and the full benchmark suite
+#
+# Needs only python3 with torch, triton, numpy and pytest (torch 2.11 / triton 3.6 or newer).
+# Results: bench/results/gpu/<section>/*.csv|.md|.png, a log per step in bench/results/gpu/,
+# and a short summary table printed last.
+#
+# Peer libraries (SpikingJelly, snnTorch, Norse): those the machine lacks are installed, with
+# --no-deps, into bench/wheels/site (git-ignored; delete it to reinstall) from wheels in
+# bench/wheels/ (git-ignored,
+# never committed). Fill that folder on a machine with network access (norse 1.1.0 ships as a
+# source archive only, so build wheels rather than download them):
+#
+#     pip wheel --no-deps -w bench/wheels -r requirements-peers.txt
+#
+# h5py is the one platform-specific wheel (norse imports nir, nir imports h5py); if the GPU
+# machine runs another Python version than the one that built the wheels, add its h5py:
+#
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#         --platform manylinux_2_28_x86_64 -d bench/wheels h5py==3.16.0
+#
+# Without them the script still runs; the benchmark tables show the rows it could not measure
+# as "missing: <library> not installed".
+#
+# Environment: PYTHON (default python3), TEST_TIMEOUT, BENCH_TIMEOUT (seconds, per step), and
+# REVSNN_GPU_CHECK_ALLOW_CPU=1 to rehearse the script on a machine without a GPU (it then runs
+# the CPU test subset and `python -m bench --tiny`; no GPU figure comes out of that).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+FULL=0
+for arg in "$@"; do
+    case "$arg" in
+        --full) FULL=1 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg (use --full or --help)" >&2; exit 2 ;;
+    esac
+done
+OUT=bench/results/gpu
+rm -rf "$OUT"  # no table of an earlier run may pass for this one's
+mkdir -p "$OUT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+STATUS=()  # "step | result | seconds" lines for the summary
+
+have_timeout=0
+command -v timeout >/dev/null 2>&1 && have_timeout=1
+run_step() {  # run_step NAME SECONDS COMMAND...: one independent step, logged, time-limited
+    local name=$1 limit=$2 rc start
+    shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    start=$(date +%s)
+    if [ "$have_timeout" = 1 ]; then
+        timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    else
+        "$@" 2>&1 | tee "$OUT/$name.log"
+    fi
+    rc=${PIPESTATUS[0]}
+    case $rc in
+        0) res="ok" ;;
+        124|137) res="TIMEOUT after ${limit}s (partial results kept)" ;;
+        *) res="exit $rc (see $OUT/$name.log)" ;;
+    esac
+    STATUS+=("$name | $res | $(( $(date +%s) - start ))")
+}
+
+# -- 0. the machine ---------------------------------------------------------------------------
+echo "=== machine"
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L
+if ! "$PY" -c "import torch, triton, numpy, pytest" 2>/dev/null; then
+    echo "$PY cannot import torch, triton, numpy and pytest: nothing to run" >&2
+    exit 1
+fi
+"$PY" - <<'EOF'
+import torch, triton
+cuda = torch.cuda.is_available()
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}, "
+      f"GPU: {torch.cuda.get_device_name() if cuda else 'none'}")
+EOF
+GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+if [ "$GPU" != 1 ] && [ "${REVSNN_GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then
+    echo "no CUDA device: this script is for a GPU machine (REVSNN_GPU_CHECK_ALLOW_CPU=1 to" \
+         "rehearse it on CPU)" >&2
+    exit 1
+fi
+
+# -- 1. peers from local wheels, if any are missing ---------------------------------------------
+SITE=bench/wheels/site
+missing=$("$PY" - <<'EOF'
+import importlib
+out = []
+for name in ("spikingjelly", "snntorch", "norse"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        out.append(name)
+print(" ".join(out))
+EOF
+)
+if [ -n "$missing" ]; then
+    echo "=== peers missing here: $missing"
+    if ls bench/wheels/*.whl >/dev/null 2>&1; then
+        if [ ! -d "$SITE" ]; then
+            if "$PY" -m pip --version >/dev/null 2>&1; then
+                # one requirement at a time: a wheel for another Python must not block the rest
+                grep -v '^\s*#' requirements-peers.txt | grep -v '^\s*$' | while read -r req; do
+                    "$PY" -m pip install --quiet --no-deps --no-index --find-links bench/wheels \
+                        --target "$SITE" "$req" || echo "could not install $req" >&2
+                done
+            else  # no pip: a wheel is a zip laid out for site-packages
+                "$PY" - "$SITE" bench/wheels/*.whl <<'EOF'
+import sys, zipfile
+for wheel in sys.argv[2:]:
+    zipfile.ZipFile(wheel).extractall(sys.argv[1])
+EOF
+            fi
+        fi
+        export PYTHONPATH="$PYTHONPATH:$ROOT/$SITE"
+    else
+        echo "no wheels in bench/wheels/ (see the header of this script): their rows will" \
+             "show as missing" >&2
+    fi
+    "$PY" -c "
+import importlib
+for n in ('spikingjelly', 'snntorch', 'norse'):
+    try:
+        importlib.import_module(n); print(n, 'importable')
+    except Exception as e:
+        print(n, 'MISSING:', type(e).__name__, str(e)[:100])"
+fi
+
+# -- 2. GPU tests first -----------------------------------------------------------------------
+TESTS="tests/test_rev_lif.py"
+[ -f tests/test_lif.py ] && TESTS="$TESTS tests/test_lif.py"
+if [ "$FULL" = 1 ]; then
+    run_step tests "${TEST_TIMEOUT:-1800}" "$PY" -m pytest -q -p no:cacheprovider \
+        --durations=10 tests
+elif [ "$GPU" = 1 ]; then
+    # shellcheck disable=SC2086
+    run_step tests "${TEST_TIMEOUT:-100}" "$PY" -m pytest -q -p no:cacheprovider \
+        --durations=5 $TESTS
+else
+    run_step tests "${TEST_TIMEOUT:-120}" "$PY" -m pytest -q -p no:cacheprovider \
+        tests/test_rev_lif.py -k "kept_for_backward"
+fi
+
+# -- 3. benchmarks: each section on its own, time-limited, most valuable first ------------------
+if [ "$FULL" = 1 ]; then
+    SIZE=""
+    LIMITS="kernels:${BENCH_TIMEOUT:-1800} network:${BENCH_TIMEOUT:-1800}"
+    LIMITS="$LIMITS memory:${BENCH_TIMEOUT:-900}"
+elif [ "$GPU" = 1 ]; then
+    SIZE="--priority"
+    LIMITS="kernels:${BENCH_TIMEOUT:-90} network:${BENCH_TIMEOUT:-50} memory:${BENCH_TIMEOUT:-30}"
+else
+    SIZE="--tiny"
+    LIMITS="kernels:${BENCH_TIMEOUT:-120} network:${BENCH_TIMEOUT:-120}"
+    LIMITS="$LIMITS memory:${BENCH_TIMEOUT:-120}"
+fi
+DIRS=""
+for item in $LIMITS; do
+    section=${item%%:*}
+    # shellcheck disable=SC2086
+    run_step "bench-$section" "${item##*:}" "$PY" -m bench $SIZE --only "$section" \
+        --no-summary --out "$OUT/$section"
+    DIRS="$DIRS $OUT/$section"
+done
+
+# -- 4. summary last --------------------------------------------------------------------------
+echo
+echo "## gpu_check steps"
+echo
+echo "| step | result | seconds |"
+echo "|---|---|---|"
+for line in "${STATUS[@]}"; do echo "| $line |"; done
+echo
+# shellcheck disable=SC2086
+"$PY" -m bench.summary --out $DIRS || echo "(summary failed: see the tables under $OUT)"
+echo "Tables: $OUT/<section>/*.md (copy what you report into bench/RESULTS.md with its card," \
+     "date and command)."

@@ -1,0 +1,144 @@
+"""The benchmark suite (bench/): `python -m bench --tiny` runs on CPU, writes well-formed tables,
+never puts a number in a row it could not measure, and reports the node memory the unit tests
+promise (tests/test_rev_lif.py::test_kept_for_backward)."""
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import kernels, memory, network
+from bench.common import KeptBytes, linear_fit, storage_id
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = {"memory": memory.COLUMNS, "kernels": kernels.COLUMNS,
+          "kernels_on": kernels.ON_COLUMNS, "network": network.COLUMNS,
+          "network_fit": network.FIT_COLUMNS, "network_depth": network.DEPTH_COLUMNS}
+NUMERIC = {"memory": "kept_B_per_neuron", "kernels": "fwdbwd_ms", "kernels_on": "fwdbwd_ms",
+           "network": "kept_MiB", "network_depth": "kept_MiB"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def read_csv(out, name):
+    with open(out / f"{name}.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_tables_are_well_formed(results):
+    out, _ = results
+    for name, columns in TABLES.items():
+        header, rows = read_csv(out, name)
+        assert header == list(columns), name
+        assert rows, f"{name}.csv has no rows"
+        md = [l for l in (out / f"{name}.md").read_text().splitlines() if l.startswith("|")]
+        assert md[0] == "| " + " | ".join(columns) + " |"
+        assert md[1] == "|" + "---|" * len(columns)
+        assert len(md) == 2 + len(rows), name
+        for line in md[2:]:
+            assert line.endswith(" |") and line.count(" | ") == len(columns) - 1, line
+    header, rows = read_csv(out, "scaling")
+    assert rows and all(r["slope"] for r in rows)
+
+
+def test_no_number_without_a_measurement(results):
+    out, _ = results
+    for name, col in NUMERIC.items():
+        _, rows = read_csv(out, name)
+        for r in rows:
+            status = r["status"]
+            assert status == "ok" or status.startswith(("missing:", "skipped")), (name, r)
+            if status == "ok":
+                assert float(r[col]) > 0, (name, r)
+            else:
+                assert r[col] == "", (name, r)
+    # the CUDA-only implementations show up, labelled, on a CPU run
+    _, rows = read_csv(out, "kernels")
+    sj_triton = [r for r in rows if r["impl"] == "sj-triton"]
+    assert sj_triton and all(r["status"].startswith("missing: CUDA only") for r in sj_triton)
+
+
+def test_memory_matches_the_unit_tests(results):
+    """RevLIF keeps 4 + 2*ceil(T/16) bytes per neuron besides y with |beta| = 1/2 and 4 with
+    |beta| = 1 (tests/test_rev_lif.py); its input is not kept, its output is (4 bytes per
+    step in float32)."""
+    out, _ = results
+    _, rows = read_csv(out, "memory")
+    ok = [r for r in rows if r["status"] == "ok" and r["dtype"] == "float32"]
+    seen = set()
+    for r in ok:
+        T = int(r["T"])
+        if r["impl"] in ("revlif", "revlif-recompute"):
+            assert float(r["kept_B_per_neuron"]) == 4 + 2 * math.ceil(T / 16)
+        elif r["impl"] == "revlif-beta1":
+            assert float(r["kept_B_per_neuron"]) == 4
+        else:
+            continue
+        assert float(r["input_B_per_neuron"]) == 0
+        assert float(r["output_B_per_neuron"]) == 4 * T
+        assert float(r["kept_B_per_neuron_step"]) == pytest.approx(
+            float(r["kept_B_per_neuron"]) / T, rel=1e-3)
+        seen.add((r["impl"], T))
+    assert {T for _, T in seen} >= {4, 16, 32, 64}
+    revlif = {int(r["T"]): float(r["kept_B_per_neuron"]) for r in ok if r["impl"] == "revlif"}
+    for r in ok:
+        assert float(r["ratio_vs_revlif"]) == pytest.approx(
+            float(r["kept_B_per_neuron"]) / revlif[int(r["T"])], rel=1e-3)
+    # a standard LIF trained by BPTT keeps per step: revsnn.LIF its potential H (4 bytes)
+    lif = [r for r in ok if r["impl"] == "lif"]
+    assert lif and all(float(r["kept_B_per_neuron_step"]) == 4 for r in lif)
+
+
+def test_summary_env_and_plots(results):
+    out, stdout = results
+    assert "revsnn bench summary" in stdout and "| figure | value |" in stdout
+    env = json.loads((out / "env.json").read_text())
+    for key in ("device", "date", "command", "torch", "triton", "revsnn"):
+        assert env[key], key
+    assert env["command"].startswith("python -m bench --tiny")
+    if importlib.util.find_spec("PIL") is None:
+        return  # plots are optional: drawn with Pillow where it is installed
+    for png in ("memory_vs_T.png", "time_vs_T.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_kept_bytes_counts_each_storage_once():
+    x = torch.randn(6, 4, requires_grad=True)
+    with KeptBytes() as kept:
+        y = (x * x[0]) * x[1:2]  # mul saves both operands: x (twice, as views) and x * x[0]
+    assert kept.bytes() == x.nbytes + y.nbytes
+    assert kept.bytes(exclude={storage_id(x)}) == y.nbytes
+    meta = torch.empty(5, device="meta", requires_grad=True)
+    with KeptBytes() as kept:
+        meta * meta.exp()
+    assert kept.bytes() == 2 * meta.nbytes  # storages told apart without data pointers
+
+
+def test_network_batch_line_is_exact():
+    """The CPU fallback of bench/network.py (batch 2 and 3, extended linearly) gives what the
+    meta-tensor count gives at the real batch."""
+    kw = dict(depth=2, hidden=16, in_features=8)
+    model = network.make_model("mlp", "revlif", 3, "cpu", **kw)
+    k2, k3, k5 = (network.kept_bytes(model, network._static_input("mlp", b, "cpu", kw))
+                  for b in (2, 3, 5))
+    assert k5 == k2 + 3 * (k3 - k2)
+    meta = network.make_model("mlp", "revlif", 3, "meta", **kw)
+    assert network.kept_bytes(meta, network._static_input("mlp", 5, "meta", kw)) == k5
+
+
+def test_linear_fit():
+    slope, intercept = linear_fit([4, 8, 16], [9, 17, 33])
+    assert (slope, intercept) == pytest.approx((2, 1))
