@@ -105,44 +105,6 @@ def env_line(env: dict) -> str:
         f"; command: `{env.get('command', '?')}`"
 
 
-# -- bytes kept for backward -------------------------------------------------------------------
-def storage_id(t: torch.Tensor) -> int:
-    """Identity of the memory behind ``t`` (shared by all its views). The storage's C++ address,
-    not ``data_ptr()``: meta tensors have no data and all report pointer 0."""
-    return t.untyped_storage()._cdata
-
-
-class KeptBytes:
-    """Records every tensor autograd saves while the block runs, one entry per storage.
-
-    ``bytes(exclude)`` sums the storages not in ``exclude`` (storage ids). Holding the tensors
-    keeps their storages alive, so no address is reused while counting.
-    """
-
-    def __init__(self) -> None:
-        self.saved: dict[int, torch.Tensor] = {}
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self.saved.setdefault(storage_id(t), t)
-        return t
-
-    def __enter__(self) -> "KeptBytes":
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-
-    def bytes(self, only: Optional[set] = None, exclude: Iterable[int] = ()) -> int:
-        skip = set(exclude)
-        return sum(t.untyped_storage().nbytes() for sid, t in self.saved.items()
-                   if sid not in skip and (only is None or sid in only))
-
-    def ids(self) -> set:
-        return set(self.saved)
-
-
 # -- time --------------------------------------------------------------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

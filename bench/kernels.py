@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import (Context, KeptBytes, Missing, Progress, dtype_name, failure, storage_id,
+from revsnn.memory import KeptBytes, storage_id
+
+from .common import (Context, Missing, Progress, dtype_name, failure,
                      time_ms)
 from .nodes import NODES, build, input_for
 

@@ -17,7 +17,9 @@ import math
 
 import torch
 
-from .common import Context, KeptBytes, Missing, Progress, dtype_name, failure, storage_id
+from revsnn.memory import KeptBytes, storage_id
+
+from .common import Context, Missing, Progress, dtype_name, failure
 from .nodes import NODES, build, input_for
 
 COLUMNS = ("impl", "label", "device", "dtype", "T", "kept_B_per_neuron",

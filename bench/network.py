@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import Context, KeptBytes, Missing, Progress, failure, storage_id
+from revsnn.memory import KeptBytes, storage_id
+
+from .common import Context, Missing, Progress, failure
 
 VARIANTS = {  # SpikingJelly first: the other rows give their size relative to it
     "sj": ("SpikingJelly LIFNode", "lif", False),

@@ -15,6 +15,7 @@ import torch
 from .functional import rev_lif, rev_lif_inverse
 from ._config import LIFConfig
 from .functional import lif
+from .memory import KeptBytes
 from .reference.neuron import charge_real, spike_reset_real
 
 
@@ -31,14 +32,9 @@ def plain_lif(x: torch.Tensor) -> torch.Tensor:
 
 def _kept(fn):
     """(output, bytes of every tensor autograd saved while fn ran, counted once per storage)."""
-    seen = {}
-
-    def pack(t):
-        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with KeptBytes() as kept:
         out = fn()
-    return out, sum(seen.values())
+    return out, kept.bytes()
 
 
 def _time(fn, device, repeat):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import data as rdata
 from . import models
+from .memory import KeptBytes, storage_id
 
 # dataset -> (default model, default T, model keywords that come from the data)
 _DEFAULTS = {
@@ -128,33 +129,6 @@ def build_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class KeptBytes:
-    """Bytes of the distinct tensors a forward keeps for its backward (parameters excluded)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.ptrs: dict = {}
-        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in self.params:
-            self.ptrs[s.data_ptr()] = s.nbytes()
-        return t
-
-    def __enter__(self) -> "KeptBytes":
-        self.ptrs = {}
-        self.hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.hooks.__exit__(*exc)
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.ptrs.values())
-
-
 class Progress:
     """A plain text progress bar on stderr."""
 
@@ -280,12 +254,13 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
                        main and not args.no_progress and sys.stderr.isatty())
         tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
         kept = 0
+        params = {storage_id(p) for p in model.parameters()}
         for i, (x, y) in enumerate(train_loader.epoch(epoch)):
-            with KeptBytes(model) as kb, torch.autocast(device.type, dtype=amp_dtype,
-                                                       enabled=amp_dtype is not None):
+            with KeptBytes() as kb, torch.autocast(device.type, dtype=amp_dtype,
+                                                   enabled=amp_dtype is not None):
                 out = net(x)
                 loss = F.cross_entropy(out.float(), y)
-            kept = max(kept, kb.bytes)
+            kept = max(kept, kb.bytes(exclude=params))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

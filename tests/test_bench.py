@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from bench import kernels, memory, network
-from bench.common import KeptBytes, linear_fit, storage_id
+from bench.common import linear_fit
+from revsnn.memory import KeptBytes, storage_id
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"memory": memory.COLUMNS, "kernels": kernels.COLUMNS,

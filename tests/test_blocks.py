@@ -10,7 +10,7 @@ import revsnn
 from revsnn.models import PerStep
 from revsnn.nn import RevBlock, RevSequential, reset_neurons
 from revsnn.nn.blocks import GRID_BITS, LIMIT, neurons, quantize
-from revsnn.train import KeptBytes
+from revsnn.memory import KeptBytes, storage_id
 
 from .test_train import _one_thread  # noqa: F401  (autouse fixture)
 
@@ -181,9 +181,9 @@ def test_linear_branches_dim_last():
 
 # -- memory --------------------------------------------------------------------------------------
 def kept_bytes(net, x):
-    with KeptBytes(net) as kb:
+    with KeptBytes() as kb:
         y = net(x)
-    return kb.bytes, y
+    return kb.bytes(exclude={storage_id(p) for p in net.parameters()}), y
 
 
 def test_kept_for_backward_flat_in_depth():
