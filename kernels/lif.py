@@ -29,6 +29,18 @@ def _param(ptr, value, ch, mask, MODE: tl.constexpr):
 
 
 @triton.jit
+def _program_neurons(N, C, I, tau_ptr, tau_s, vth_ptr, vth_s, vr_ptr, vr_s,
+                     TAU_MODE: tl.constexpr, VTH_MODE: tl.constexpr, VR_MODE: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """This program's neurons n, their mask, and each neuron's tau, v_threshold, v_reset."""
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < N
+    ch = (n // I) % C
+    return (n, mask, _param(tau_ptr, tau_s, ch, mask, TAU_MODE),
+            _param(vth_ptr, vth_s, ch, mask, VTH_MODE), _param(vr_ptr, vr_s, ch, mask, VR_MODE))
+
+
+@triton.jit
 def _initial_v(v0_ptr, n, mask, vr, like, HAS_V0: tl.constexpr):
     """The potential before the first step: v0, or v_reset (0 for soft reset) as SpikingJelly."""
     if HAS_V0:
@@ -69,12 +81,8 @@ def lif_fwd_kernel(
     SAVE_H: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Spikes (x's dtype) for all T steps, the final potential and (SAVE_H) every step's H."""
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < N
-    ch = (n // I) % C
-    tau = _param(tau_ptr, tau_s, ch, mask, TAU_MODE)
-    vth = _param(vth_ptr, vth_s, ch, mask, VTH_MODE)
-    vr = _param(vr_ptr, vr_s, ch, mask, VR_MODE)
+    n, mask, tau, vth, vr = _program_neurons(N, C, I, tau_ptr, tau_s, vth_ptr, vth_s, vr_ptr,
+                                             vr_s, TAU_MODE, VTH_MODE, VR_MODE, BLOCK)
     acc = vT_ptr.dtype.element_ty
     v = _initial_v(v0_ptr, n, mask, vr, tl.zeros([BLOCK], dtype=acc), HAS_V0)
     xp = x_ptr + n
@@ -105,12 +113,8 @@ def lif_bwd_kernel(
     dL/dtau (GRAD_TAU) and dL/dv_threshold (GRAD_VTH), summed over T in registers and over the
     program's neurons for a one-element parameter (see _store_partial); the op adds the
     partials up. gv is dL/d(final potential)."""
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < N
-    ch = (n // I) % C
-    tau = _param(tau_ptr, tau_s, ch, mask, TAU_MODE)
-    vth = _param(vth_ptr, vth_s, ch, mask, VTH_MODE)
-    vr = _param(vr_ptr, vr_s, ch, mask, VR_MODE)
+    n, mask, tau, vth, vr = _program_neurons(N, C, I, tau_ptr, tau_s, vth_ptr, vth_s, vr_ptr,
+                                             vr_s, TAU_MODE, VTH_MODE, VR_MODE, BLOCK)
     inv_tau = 1.0 / tau
     lam = 1.0 - inv_tau
     carry = tl.load(gv_ptr + n, mask=mask, other=0.0)  # dL/dV after the current step
