@@ -61,8 +61,35 @@ def _pow2_exponent(value: float, name: str, lo: int, hi: int) -> int:
     return exp - 1
 
 
+def surrogate_slope(surrogate: str, surrogate_alpha: Optional[float]) -> float:
+    """The surrogate's alpha (its default when None), after checking both."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
+    if surrogate_alpha is None:
+        return SURROGATES[surrogate][1]
+    if (not isinstance(surrogate_alpha, (int, float)) or isinstance(surrogate_alpha, bool)
+            or not 0 < surrogate_alpha < math.inf):
+        raise ValueError(f"surrogate_alpha must be a positive float, got {surrogate_alpha!r}")
+    return float(surrogate_alpha)
+
+
+class _NeuronOptions:
+    """What both nodes derive from their reset and surrogate options."""
+
+    v_reset: Optional[float]
+    surrogate: str
+
+    @property
+    def hard_reset(self) -> bool:
+        return self.v_reset is not None
+
+    @property
+    def surrogate_id(self) -> int:
+        return SURROGATES[self.surrogate][0]
+
+
 @dataclass(frozen=True)
-class RevLIFConfig:
+class RevLIFConfig(_NeuronOptions):
     """Validated scalar node options and the fixed-point constants derived from them.
 
     ``tau`` and ``v_threshold`` may be per-channel: they travel as tensors beside the config
@@ -101,22 +128,13 @@ class RevLIFConfig:
                 f"beta1 must be negative and beta2 positive (an excitatory-inhibitory pair whose "
                 f"linearised update contracts for every tau); got beta1={beta1}, beta2={beta2}. "
                 f"With both positive the potentials diverge for tau >= 4.")
-        if surrogate not in SURROGATES:
-            raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
-        if surrogate_alpha is None:
-            surrogate_alpha = SURROGATES[surrogate][1]
-        if not isinstance(surrogate_alpha, (int, float)) or not surrogate_alpha > 0:
-            raise ValueError(f"surrogate_alpha must be a positive float, got {surrogate_alpha!r}")
+        surrogate_alpha = surrogate_slope(surrogate, surrogate_alpha)
         is_if = not isinstance(tau, torch.Tensor) and math.isinf(tau)
         return RevLIFConfig(is_if, bool(decay_input), None if v_reset is None else float(v_reset),
                             float(alpha), float(beta1), float(beta2), surrogate,
                             float(surrogate_alpha), bool(detach_reset))
 
     # -- fixed-point constants (integer units of 2**-F_BITS) -------------------------------------
-    @property
-    def hard_reset(self) -> bool:
-        return self.v_reset is not None
-
     @property
     def int_decay_input(self) -> bool:
         """The IF neuron integrates ``V + I`` whatever ``decay_input`` says."""
@@ -151,10 +169,6 @@ class RevLIFConfig:
     def stash_words(self, T: int) -> int:
         spw = self.steps_per_word
         return -(-T // spw) if spw else 0
-
-    @property
-    def surrogate_id(self) -> int:
-        return SURROGATES[self.surrogate][0]
 
 
 def _check_scalar(v, name: str, lo: float, hi: float, allow_inf: bool = False) -> None:
@@ -274,7 +288,7 @@ def layout_of(shape: torch.Size, dim: int, name: str = "x") -> Layout:
 
 
 @dataclass(frozen=True)
-class LIFConfig:
+class LIFConfig(_NeuronOptions):
     """Validated scalar options of the standard LIF node (``revsnn.LIF``, SpikingJelly's
     ``LIFNode``). tau and v_threshold travel beside it (floats, or tensors [1] / [C] that may be
     learnable); the reference neuron helpers take it where they take a :class:`RevLIFConfig`."""
@@ -303,20 +317,6 @@ class LIFConfig:
                 raise ValueError(f"{name} must be finite, got {v}")
         if not isinstance(tau, torch.Tensor) and not tau > 1:
             raise ValueError(f"tau must be > 1 (SpikingJelly's LIFNode), got {tau}")
-        if surrogate not in SURROGATES:
-            raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
-        if surrogate_alpha is None:
-            surrogate_alpha = SURROGATES[surrogate][1]
-        if (not isinstance(surrogate_alpha, (int, float)) or isinstance(surrogate_alpha, bool)
-                or not 0 < surrogate_alpha < math.inf):
-            raise ValueError(f"surrogate_alpha must be a positive float, got {surrogate_alpha!r}")
+        surrogate_alpha = surrogate_slope(surrogate, surrogate_alpha)
         return LIFConfig(bool(decay_input), None if v_reset is None else float(v_reset),
                          surrogate, float(surrogate_alpha), bool(detach_reset))
-
-    @property
-    def hard_reset(self) -> bool:
-        return self.v_reset is not None
-
-    @property
-    def surrogate_id(self) -> int:
-        return SURROGATES[self.surrogate][0]
