@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ..functional import _rev_lif as F
-from ..state import RevLIFState
 from ..functional._rev_lif import Param
+from ..state import RevLIFState
 
 
 class RevLIF(nn.Module):
