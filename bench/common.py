@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
+
+from revsnn.memory import KeptBytes, storage_id
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("spikingjelly", "snntorch", "norse")
@@ -105,6 +107,18 @@ def env_line(env: dict) -> str:
         f"; command: `{env.get('command', '?')}`"
 
 
+# -- what a node keeps ---------------------------------------------------------------------------
+def kept_by_role(fn: Callable[[torch.Tensor], torch.Tensor],
+                 x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``y = fn(x)`` once, and the bytes autograd kept for its backward, each storage once, split
+    into the node's ``input`` x, its ``output`` y and the ``other`` tensors it saved."""
+    with KeptBytes() as kept:
+        y = fn(x)
+    xi, yi = {storage_id(x)}, {storage_id(y)}
+    return y, dict(input=kept.bytes(only=xi), output=kept.bytes(only=yi),
+                   other=kept.bytes(exclude=xi | yi))
+
+
 # -- time --------------------------------------------------------------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -183,6 +197,15 @@ class Table:
         (self.out / f"{self.name}.md").write_text(self.markdown())
 
 
+def ok_groups(rows: Iterable[dict], *keys: str) -> dict:
+    """The measured rows (status ``ok``) grouped by the values of ``keys``, in order."""
+    groups: dict = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
 def write_env(out: Path, env: dict) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "env.json").write_text(json.dumps(env, indent=2) + "\n")
@@ -205,9 +228,6 @@ class Progress:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
-
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # -- run context -------------------------------------------------------------------------------

@@ -134,8 +134,7 @@ for n in ('spikingjelly', 'snntorch', 'norse'):
 fi
 
 # -- 2. GPU tests first -----------------------------------------------------------------------
-TESTS="tests/test_rev_lif.py"
-[ -f tests/test_lif.py ] && TESTS="$TESTS tests/test_lif.py"
+TESTS="tests/test_rev_lif.py tests/test_lif.py"
 if [ "$FULL" = 1 ]; then
     run_step tests "${TEST_TIMEOUT:-1800}" "$PY" -m pytest -q -p no:cacheprovider \
         --durations=10 tests

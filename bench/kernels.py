@@ -20,9 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from revsnn.memory import KeptBytes, storage_id
-
-from .common import (Context, Missing, Progress, dtype_name, failure,
+from .common import (Context, Missing, Progress, dtype_name, failure, kept_by_role, ok_groups,
                      time_ms)
 from .nodes import NODES, build, input_for
 
@@ -85,12 +83,7 @@ def _peak_mib(ctx: Context, fn) -> float | None:
 def _time_pair(ctx: Context, fn, x: torch.Tensor, params: list):
     """(fwd ms, fwd+bwd ms, peak MiB, output bytes, output dtype, kept bytes by category)."""
     y = fn(x)  # warm-up: Triton compilation, torch.compile, library set-up
-    with KeptBytes() as kept:
-        y = fn(x)
-    xi, yi = {storage_id(x)}, {storage_id(y)}
-    saved = dict(input=kept.bytes(only=xi), output=kept.bytes(only=yi),
-                 other=kept.bytes(exclude=xi | yi))
-    del kept
+    y, saved = kept_by_role(fn, x)
     g = torch.randn_like(y)
     y_bytes, y_dtype = y.nbytes, y.dtype
     del y  # and its graph: nothing of it may stay allocated while timing
@@ -182,11 +175,7 @@ def _harness(ctx: Context, cfg: dict, table, prog: Progress) -> None:
                     row["fwdbwd_frac_of_copy"] = row["fwdbwd_GBps"] / copy[T]
                 table.add(**base, **row, status="ok")
             del x
-    groups: dict = {}
-    for r in table.rows:
-        if r.get("status") == "ok":
-            groups.setdefault((r["impl"], r["dtype"]), []).append(r)
-    for (impl, dt), rows in groups.items():
+    for (impl, dt), rows in ok_groups(table.rows, "impl", "dtype").items():
         ctx.fit("kernels", "fwd+bwd time", impl,
                 f"{dt}, [T, {inner[0]}, {inner[1]}], {'GPU' if ctx.gpu else 'CPU'}",
                 "ms per extra step", [r["T"] for r in rows], [r["fwdbwd_ms"] for r in rows])

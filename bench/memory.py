@@ -17,9 +17,7 @@ import math
 
 import torch
 
-from revsnn.memory import KeptBytes, storage_id
-
-from .common import Context, Missing, Progress, dtype_name, failure
+from .common import Context, Missing, Progress, dtype_name, failure, kept_by_role, ok_groups
 from .nodes import NODES, build, input_for
 
 COLUMNS = ("impl", "label", "device", "dtype", "T", "kept_B_per_neuron",
@@ -59,13 +57,10 @@ def measure(fn, device: torch.device, dtype: torch.dtype, T: int) -> dict:
     out_dtype = None
     for B in BATCHES:
         x = input_for((T, B, *NEURON_SHAPE), device, dtype, seed=T)
-        with KeptBytes() as kept:
-            y = fn(x)
-        xi, yi = {storage_id(x)}, {storage_id(y)}
-        per.append((B * math.prod(NEURON_SHAPE), kept.bytes(only=xi), kept.bytes(only=yi),
-                    kept.bytes(exclude=xi | yi)))
+        y, kept = kept_by_role(fn, x)
+        per.append((B * math.prod(NEURON_SHAPE), kept["input"], kept["output"], kept["other"]))
         out_dtype = y.dtype
-        del kept, y, x
+        del y, x
     (n1, *b1), (n2, *b2) = per
     slopes = [(v2 - v1) / (n2 - n1) for v1, v2 in zip(b1, b2)]
     fixed = sum(b1) - sum(slopes) * n1
@@ -122,11 +117,7 @@ def run(ctx: Context) -> list:
 
 
 def _scaling(ctx: Context, table) -> None:
-    groups: dict = {}
-    for r in table.rows:
-        if r.get("status") == "ok":
-            groups.setdefault((r["impl"], r["device"], r["dtype"]), []).append(r)
-    for (impl, dev, dt), rows in groups.items():
+    for (impl, dev, dt), rows in ok_groups(table.rows, "impl", "device", "dtype").items():
         ctx.fit("memory", "kept bytes per neuron", impl, f"{dt}, device {dev}",
                 "bytes per neuron per extra step", [r["T"] for r in rows],
                 [r["kept_B_per_neuron"] for r in rows])

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from revsnn import models
 from revsnn.memory import KeptBytes, storage_id
 
-from .common import Context, Missing, Progress, failure
+from .common import Context, Missing, Progress, failure, ok_groups
 
 VARIANTS = {  # SpikingJelly first: the other rows give their size relative to it
     "sj": ("SpikingJelly LIFNode", "lif", False),
@@ -86,10 +87,6 @@ def _swap_to_sj(model: nn.Module) -> nn.Module:
 
 
 def make_model(name: str, variant: str, T: int, device, **kw) -> nn.Module:
-    try:
-        from revsnn import models
-    except ImportError as e:
-        raise Missing(f"revsnn.models not available ({e})") from None
     _, neuron, reversible = VARIANTS[variant]
     torch.manual_seed(0)
     with torch.device(device):
@@ -258,10 +255,7 @@ def _measure(ctx: Context, cfg: dict, table) -> list:
 
 def _fit(ctx: Context, rows: list, fits) -> None:
     budget = ctx.budget_gib * 2 ** 30
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["variant"]), []).append(r)
-    for (name, variant), rs in groups.items():
+    for (name, variant), rs in ok_groups(rows, "model", "variant").items():
         quantity = "peak" if ctx.gpu else "kept + weights + grads"
         ys = np.array([r["peak"] if ctx.gpu else r["kept"] + 2 * r["params"] for r in rs],
                       dtype=float)

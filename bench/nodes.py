@@ -58,9 +58,6 @@ def _revlif(**kw) -> Callable[..., Built]:
 
 
 def _lif(device, dtype, pre=None):
-    import revsnn
-    if not hasattr(revsnn, "LIF"):
-        raise Missing("revsnn.LIF not available in this checkout")
     from revsnn.functional import lif
     return Built(lambda x: lif(_apply(pre, x))[0])
 

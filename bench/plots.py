@@ -169,12 +169,9 @@ class _Saved:
     """A result table read back from its CSV (numbers as floats), for redrawing."""
 
     def __init__(self, out: Path, name: str) -> None:
-        import csv
-        self.name, self.rows = name, []
-        path = Path(out) / f"{name}.csv"
-        if path.exists():
-            with open(path, newline="") as f:
-                self.rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        from .summary import read_rows
+        self.name = name
+        self.rows = [{k: _parse(v) for k, v in r.items()} for r in read_rows([out], name)]
 
 
 def _parse(v: str):
