@@ -53,7 +53,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ._config import BACKENDS
+from ._config import BACKENDS, layout_of
 from .functional import _lif as _lif_fn
 from .functional import _rev_lif as _rev_fn
 from .nn import LIF, RevLIF
@@ -725,22 +725,22 @@ def convert(model: nn.Module, to: str = "lif", *, strict: bool = False,
     for key, new in todo:
         for parent, attr, _ in slots[key]:
             setattr(parent, attr, new)
-    if todo and _sj("functional") is not None:
-        # SpikingJelly's reset_net caches each net's resettable modules
-        invalidate = getattr(_sj("functional"), "invalidate_reset_cache", None)
-        if invalidate is not None:
-            invalidate(model)
+    # SpikingJelly's reset_net caches each net's resettable modules
+    invalidate = getattr(_sj("functional"), "invalidate_reset_cache", None)
+    if todo and invalidate is not None:
+        invalidate(model)
     return report
 
 
 def _odd_split(shape: torch.Size, step_input: bool, dim: int) -> Optional[str]:
-    """Why the reversible node cannot take inputs of this shape (its split dim must be even)."""
+    """Why the reversible node cannot take inputs of this shape (what it would raise)."""
     full = (1, *shape) if step_input else tuple(shape)  # a step runs as T = 1
-    d = dim + len(full) if dim < 0 else dim
-    if len(full) >= 3 and 1 <= d < len(full) and full[d] % 2 == 0:
-        return None
-    return (f"input of shape {tuple(shape)}: the reversible node splits dim {d} of its "
-            f"[T, B, C, *] input {full} into two halves and needs it even")
+    try:
+        layout_of(full, dim)
+    except ValueError as e:
+        x = f" (one step: x of shape {full})" if step_input else ""
+        return f"input of shape {tuple(shape)}{x}: {e}"
+    return None
 
 
 def _describe(m: nn.Module) -> str:

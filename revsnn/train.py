@@ -29,7 +29,7 @@ from . import data as rdata
 from . import models
 from .memory import KeptBytes, storage_id
 
-# dataset -> (default model, default T, model keywords that come from the data)
+# dataset -> (default model, default T)
 _DEFAULTS = {
     "digits": ("convnet8", 4),
     "digits-seq": ("mlp", 64),
@@ -245,6 +245,7 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
             f"{models.count_parameters(model):,} parameters, {world} x {device}"
             + (f", amp {args.amp}" if args.amp else ""))
     history = []
+    params = {storage_id(p) for p in model.parameters()}
     for epoch in range(start, args.epochs):
         net.train()
         if device.type == "cuda":
@@ -254,7 +255,6 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
                        main and not args.no_progress and sys.stderr.isatty())
         tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
         kept = 0
-        params = {storage_id(p) for p in model.parameters()}
         for i, (x, y) in enumerate(train_loader.epoch(epoch)):
             with KeptBytes() as kb, torch.autocast(device.type, dtype=amp_dtype,
                                                    enabled=amp_dtype is not None):
@@ -265,11 +265,10 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            with torch.no_grad():
-                tot += torch.stack([loss.detach().double() * len(y),
-                                    (out.argmax(1) == y).sum().double(),
-                                    torch.tensor(float(len(y)), device=device,
-                                                 dtype=torch.float64)])
+            with torch.no_grad():  # on the device: no host sync per step
+                tot[0] += loss.detach().double() * len(y)
+                tot[1] += (out.argmax(1) == y).sum()
+                tot[2] += len(y)
             bar.update(i + 1, loss)
         sched.step()
         acc = evaluate(net, test_loader, device, amp_dtype)

@@ -12,6 +12,7 @@ from revsnn.nn import RevBlock, RevSequential, reset_neurons
 from revsnn.nn.blocks import GRID_BITS, LIMIT, neurons, quantize
 from revsnn.memory import KeptBytes, storage_id
 
+from .test_rev_lif import assert_close_rel
 from .test_train import _one_thread  # noqa: F401  (autouse fixture)
 
 NEURONS = ["revlif", "lif"]
@@ -42,11 +43,6 @@ def make_x(shape, seed=1, scale=2.0):
 
 def on_grid(x):
     return torch.round(x * 2 ** GRID_BITS) / 2 ** GRID_BITS
-
-
-def assert_close_rel(a, b, rel=1e-5):
-    err = (a.double() - b.double()).abs().max().item()
-    assert err <= rel * b.double().abs().max().item() + 1e-30, (err, b.abs().max().item())
 
 
 def run_pair(rev, x, weight, chunks=1, autocast=None):
@@ -181,6 +177,7 @@ def test_linear_branches_dim_last():
 
 # -- memory --------------------------------------------------------------------------------------
 def kept_bytes(net, x):
+    """Bytes ``net(x)`` keeps for backward, parameters excluded, and the output."""
     with KeptBytes() as kb:
         y = net(x)
     return kb.bytes(exclude={storage_id(p) for p in net.parameters()}), y

@@ -13,10 +13,10 @@ from torch import nn
 import revsnn
 from revsnn.convert import (SNNTORCH_SUBTRACT, ConversionReport, SnnTorchLeaky,
                             SpikingJellyNode, multistep)
+from revsnn.memory import KeptBytes
 
 from .test_parity import (assert_close_rel, needs_norse, needs_sj, needs_snn, norse, rand, sj,
                           snn)
-from .test_rev_lif import saved_bytes
 
 T, B, HW = 6, 3, 6
 
@@ -42,6 +42,13 @@ def converted_copy(original, to="lif", **kwargs):
     if to == "lif":
         kwargs.setdefault("backend", "torch")
     return model, revsnn.convert(model, to=to, **kwargs)
+
+
+def converted_all(original, names, to="lif", **kwargs):
+    """:func:`converted_copy`, asserting that exactly the neurons ``names`` were replaced."""
+    model, report = converted_copy(original, to, **kwargs)
+    assert [r.name for r in report.replaced] == names and not report.left
+    return model, report
 
 
 def grads(model, x, out):
@@ -93,8 +100,7 @@ def run_sj_steps(model, x):
 @needs_sj
 def test_spikingjelly_to_lif_is_the_same_model():
     original = sj_net()
-    converted, report = converted_copy(original)
-    assert [r.name for r in report.replaced] == ["1", "3", "6"] and not report.left
+    converted, _ = converted_all(original, ["1", "3", "6"])
     assert isinstance(converted[1], revsnn.LIF) and isinstance(converted[6], revsnn.LIF)
     # the learnable w is the model's own Parameter, still learned: tau = 1/sigmoid(w)
     assert isinstance(converted[3], SpikingJellyNode) and converted[3].w is not None
@@ -176,8 +182,7 @@ def test_snntorch_to_lif_is_the_same_model():
     """'zero' reset, per-channel learnable beta (one value per conv channel: dim -3), learnable
     threshold, immediate reset: all exact; the step loop with explicit mem is unchanged."""
     original = SnnTorchNet()
-    converted, report = converted_copy(original)
-    assert [r.name for r in report.replaced] == ["lif1", "lif2", "lif3"] and not report.left
+    converted, report = converted_all(original, ["lif1", "lif2", "lif3"])
     assert all(not r.notes for r in report.replaced)
     assert converted.lif2.kwargs["dim"] == -3
     assert {n for n, _ in converted.named_parameters()} == \
@@ -248,8 +253,7 @@ class NorseNet(nn.Module):
 @needs_norse
 def test_norse_to_lif_is_the_same_model():
     original = NorseNet()
-    converted, report = converted_copy(original)
-    assert [r.name for r in report.replaced] == ["cell1", "cell2", "lif"] and not report.left
+    converted, _ = converted_all(original, ["cell1", "cell2", "lif"])
     assert_same_model(original, converted, lambda m, x: m(x))
 
 
@@ -292,24 +296,29 @@ def train(model, run, steps=8, seed=0):
 def kept_bytes(model, run):
     """Bytes kept for backward by one forward pass (each storage counted once)."""
     x = frame(5, grad=False)
-    _, saved = saved_bytes(lambda: run(model, x))
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for t in saved if isinstance(t, torch.Tensor)}.values())
+    with KeptBytes() as kept:
+        run(model, x)
+    return kept.bytes()
+
+
+def assert_keeps_less_and_trains(original, run_original, model, run):
+    """``model`` keeps under 60 % of what ``original`` keeps for backward, and a few Adam steps
+    cut its loss by more than 20 %."""
+    before, after = kept_bytes(original, run_original), kept_bytes(model, run)
+    assert after < 0.6 * before, (before, after)
+    losses = train(model, run)
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 @needs_sj
 def test_spikingjelly_to_revlif_trains_and_keeps_less():
     original = sj_net()
-    model = copy.deepcopy(original)
-    report = revsnn.convert(model, to="revlif", example_input=frame(grad=False))
-    assert [r.name for r in report.replaced] == ["1", "3", "6"] and not report.left
+    model, report = converted_all(original, ["1", "3", "6"], "revlif",
+                                  example_input=frame(grad=False))
     assert isinstance(model[1], revsnn.RevLIF) and isinstance(model[6], revsnn.RevLIF)
     assert isinstance(model[3], SpikingJellyNode) and model[3].w is not None  # tau learned
     assert "train or fine-tune" in str(report)
-    before, after = kept_bytes(original, run_sj), kept_bytes(model, run_sj)
-    assert after < 0.6 * before, (before, after)
-    losses = train(model, run_sj)
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert_keeps_less_and_trains(original, run_sj, model, run_sj)
 
 
 @needs_snn
@@ -318,10 +327,9 @@ def test_snntorch_to_revlif_multistep_trains_and_keeps_less():
     each step) and computes the same forward as multistep, which runs each node over all T
     steps in one call, trains and keeps less than the original's step loop."""
     original = snntorch_seq()
-    model = copy.deepcopy(original)
-    report = revsnn.convert(model, to="revlif", example_input=frame(grad=False)[0])
     # the last Leaky sees 4 features: even; convert all three
-    assert len(report.replaced) == 3 and not report.left
+    model, _ = converted_all(original, ["1", "3", "6"], "revlif",
+                             example_input=frame(grad=False)[0])
 
     def run_multi(m, x):
         return multistep(m, x)[0]
@@ -331,10 +339,7 @@ def test_snntorch_to_revlif_multistep_trains_and_keeps_less():
     with pytest.warns(UserWarning, match="truncated at every step"):
         stepped = run_snntorch_seq(m64, x)
     assert torch.equal(run_multi(m64, x), stepped)
-    before, after = kept_bytes(original, run_snntorch_seq), kept_bytes(model, run_multi)
-    assert after < 0.6 * before, (before, after)
-    losses = train(model, run_multi)
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert_keeps_less_and_trains(original, run_snntorch_seq, model, run_multi)
 
 
 @needs_sj
@@ -345,7 +350,8 @@ def test_revlif_odd_channels_left_with_example_input():
     x = frame(grad=False)
     report = revsnn.convert(copy.deepcopy(model), to="revlif", example_input=x)
     assert [r.name for r in report.replaced] == ["3"]
-    assert report.left[0].name == "1" and "needs it even" in report.left[0].reason
+    assert report.left[0].name == "1"
+    assert "x.shape[2] (the split dim) must be even" in report.left[0].reason
     assert "(6, 3, 5, 6, 6)" in report.left[0].reason
     with pytest.raises(ValueError, match="1: spikingjelly LIFNode: input of shape"):
         revsnn.convert(copy.deepcopy(model), to="revlif", strict=True, example_input=x)

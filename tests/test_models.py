@@ -6,8 +6,8 @@ import torch
 
 from revsnn import models
 from revsnn.nn import RevSequential
-from revsnn.memory import KeptBytes, storage_id
 
+from .test_blocks import kept_bytes
 from .test_train import _one_thread  # noqa: F401  (autouse fixture)
 
 BUILDERS = {
@@ -117,18 +117,12 @@ def test_reset_function():
     assert all(m.state is None for m in net.modules() if hasattr(m, "state"))
 
 
-def kept(net, x):
-    with KeptBytes() as kb:
-        net(x)
-    return kb.bytes(exclude={storage_id(p) for p in net.parameters()})
-
-
 def test_reversible_keeps_less():
     x = torch.rand(8, 1, 8, 8)
     sizes = {}
     for rev in (False, True):
         torch.manual_seed(0)
-        sizes[rev] = kept(models.convnet8(neuron="revlif", reversible=rev, T=4), x)
+        sizes[rev], _ = kept_bytes(models.convnet8(neuron="revlif", reversible=rev, T=4), x)
     assert sizes[True] < 0.8 * sizes[False]
 
 

@@ -88,22 +88,16 @@ def _state_attr(m: nn.Module) -> Optional[str]:
     return next((a for a in STATE_ATTRS if hasattr(m, a)), None)
 
 
+def _states(module: nn.Module) -> list:
+    """(neuron, attribute, value) of every neuron in ``module``; :func:`_put` puts them back."""
+    return [(m, a, getattr(m, a)) for m in module.modules()
+            if (a := _state_attr(m)) is not None]
+
+
 def neurons(module: nn.Module) -> Iterator[nn.Module]:
     """Stateful submodules of ``module`` (itself included): those with a ``reset()`` method and
     a ``state`` or ``v`` attribute."""
-    for m in module.modules():
-        if _state_attr(m) is not None:
-            yield m
-
-
-def _states(module: nn.Module) -> list:
-    """(neuron, attribute, value) of every neuron in ``module``; :func:`_put` puts them back."""
-    out = []
-    for m in module.modules():
-        a = _state_attr(m)
-        if a is not None:
-            out.append((m, a, getattr(m, a)))
-    return out
+    return (m for m, _, _ in _states(module))
 
 
 def _put(states: list) -> None:
@@ -323,13 +317,9 @@ class _RevChain(torch.autograd.Function):
 
 
 def _params(blocks: nn.ModuleList) -> list:
-    """Unique parameters of the chain that require a gradient, in a fixed order."""
-    seen, out = set(), []
-    for p in blocks.parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
+    """Unique parameters of the chain that require a gradient, in a fixed order
+    (``parameters()`` yields a shared parameter once)."""
+    return [p for p in blocks.parameters() if p.requires_grad]
 
 
 def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool) -> torch.Tensor:
