@@ -13,6 +13,12 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def assert_close_rel(a, b, rel=1e-5):
+    """max |a - b| <= rel * max |b|: a relative bound that tiny gradients cannot dodge."""
+    err = (a.double() - b.double()).abs().max().item()
+    assert err <= rel * b.double().abs().max().item() + 1e-30, (err, b.abs().max().item())
+
+
 def backends():
     """The paths every kernel test runs: the torch twin, and Triton where it can run."""
     out = ["torch"]

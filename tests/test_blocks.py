@@ -12,7 +12,7 @@ from revsnn.nn import RevBlock, RevSequential, reset_neurons
 from revsnn.nn.blocks import GRID_BITS, LIMIT, neurons, quantize
 from revsnn.memory import KeptBytes, storage_id
 
-from .test_rev_lif import assert_close_rel
+from .conftest import assert_close_rel
 from .test_train import _one_thread  # noqa: F401  (autouse fixture)
 
 NEURONS = ["revlif", "lif"]

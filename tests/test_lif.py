@@ -9,7 +9,7 @@ import revsnn
 from revsnn.functional import lif, lif_step
 from revsnn.reference import lif_bptt
 
-from .conftest import DEVICE
+from .conftest import DEVICE, assert_close_rel
 
 NODE_OPTIONS = {
     "hard": {},
@@ -29,12 +29,6 @@ def make_x(shape, scale=1.5, dtype=torch.float32, seed=0, requires_grad=False, s
 
 def make_param(values, requires_grad=True):
     return torch.tensor(values, dtype=torch.float32, device=DEVICE).requires_grad_(requires_grad)
-
-
-def assert_close_rel(a, b, rel=1e-5):
-    """max |a - b| <= rel * max |b|: a relative bound that tiny gradients cannot dodge."""
-    err = (a.double() - b.double()).abs().max().item()
-    assert err <= rel * b.double().abs().max().item() + 1e-30, (err, b.abs().max().item())
 
 
 def grads(fn, x, v0, params, gs, gv):

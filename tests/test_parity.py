@@ -11,8 +11,7 @@ import torch
 
 import revsnn
 
-from .conftest import HAS_CUDA, INTERPRET
-from .test_rev_lif import assert_close_rel
+from .conftest import HAS_CUDA, INTERPRET, assert_close_rel
 
 INSTALL = ".venv/bin/pip install --no-deps -r requirements-peers.txt"
 

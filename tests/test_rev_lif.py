@@ -12,7 +12,7 @@ from revsnn.functional import rev_lif, rev_lif_inverse
 from revsnn.reference import rev_lif_float64, rev_lif_int
 from revsnn.state import RevLIFState
 
-from .conftest import DEVICE
+from .conftest import DEVICE, assert_close_rel
 
 NODE_OPTIONS = {
     "hard": {},
@@ -34,12 +34,6 @@ def make_x(shape, scale=1.5, dtype=torch.float32, seed=0, requires_grad=False):
 def on_grid(x):
     """x rounded to the float32 input grid (alpha = 1) the way the node does: half up."""
     return torch.floor(x * 2 ** 16 + 0.5) / 2 ** 16
-
-
-def assert_close_rel(a, b, rel=1e-5):
-    """max |a - b| <= rel * max |b|: a relative bound that tiny gradients cannot dodge."""
-    err = (a.double() - b.double()).abs().max().item()
-    assert err <= rel * b.double().abs().max().item() + 1e-30, (err, b.abs().max().item())
 
 
 # -- exactness -----------------------------------------------------------------------------------
