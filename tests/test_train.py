@@ -231,7 +231,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, out_dir):
+def _ddp_worker(rank, world, port, out_dir, done):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -242,11 +242,18 @@ def _ddp_worker(rank, world, port, out_dir):
         out = rtrain.train(args, log=lambda s: None)
         torch.save({k: v.detach() for k, v in out["model"].named_parameters()},
                    os.path.join(out_dir, f"rank{rank}_rev{int(rev)}.pt"))
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # rank 0 hosts the rendezvous store: if it exits while another rank is still tearing down,
+    # that rank's gloo/store threads can abort (seen as SIGABRT, "terminate called without an
+    # active exception"); so nobody leaves before every rank has torn down
+    done.wait(timeout=60)
 
 
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
-    ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    done = mp.get_context("spawn").Barrier(2)
+    ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), done), nprocs=2,
+                   join=False)
     deadline = time.monotonic() + 120
     try:
         while not ctx.join(timeout=1):
