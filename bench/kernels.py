@@ -6,6 +6,8 @@ Two workloads:
   node alone.
 * The Open Neuromorphic benchmark: ``Linear(n, n)`` then the node, batch 16, T = 500,
   n = 4096 and 16384 neurons, float32 (snnTorch runs the linear inside its step loop).
+* GPU only: the reversible node's own check (issue 2), T = 16, ``[16, 256, 65536]`` (2**24
+  neurons per step), float32, fused and recompute backward, next to a copy.
 
 "fwd" is a forward with autograd recording (what training runs); "fwd+bwd" adds the backward of
 a fixed random output gradient. On CUDA the times are ``triton.testing.do_bench`` medians, and
@@ -36,6 +38,9 @@ PRIORITY = ["revlif", "revlif-recompute", "lif", "sj-triton", "sj-torch", "snnto
 ON_ALL = ["revlif", "revlif-recompute", "lif", "sj", "snntorch", "norse", "norse-compile"]
 ON_PRIORITY = ["revlif", "lif", "sj", "snntorch", "norse"]
 COMPILE_500 = "not run: torch.compile would unroll Norse's Python loop over T"
+# the reversible node at T = 16 and 2**24 neurons per step, float32 (GPU only)
+NODE_CHECK = dict(Ts=(16,), inner=(256, 65536), dtypes=(torch.float32,),
+                  impls=["revlif", "revlif-recompute", "lif"])
 
 
 def plan(ctx: Context) -> dict:
@@ -130,13 +135,24 @@ def run(ctx: Context) -> list:
         on.add(impl=key, label=NODES[key].label, status=why)
     Ts, dtypes = cfg["Ts"], cfg["dtypes"]
     n_on = len(cfg["on"]["neurons"]) * len(cfg["on_impls"])
-    prog = Progress("kernels", len(dtypes) * len(Ts) * len(cfg["impls"]) + n_on)
+    n_node = len(NODE_CHECK["impls"]) if ctx.gpu else 0
+    prog = Progress("kernels", len(dtypes) * len(Ts) * len(cfg["impls"]) + n_on + n_node)
+    tables = [harness, on]
+    if ctx.gpu:
+        node = ctx.table(
+            "kernels_node", "Reversible node at T = 16, [16, 256, 65536] (2**24 neurons per "
+            "step), float32 (GPU)", COLUMNS,
+            notes=["The check of issue 2: each kernel's effective bandwidth against a "
+                   "device-to-device copy (target >= 80%), and the fused backward against "
+                   "backward='recompute' (backward = fwdbwd_ms - fwd_ms; target >= 1.5x)."])
+        _harness(ctx, NODE_CHECK, node, prog, fit=False)
+        tables.append(node)
     _harness(ctx, cfg, harness, prog)
     _open_neuromorphic(ctx, cfg, on, prog)
-    return [harness, on]
+    return tables
 
 
-def _harness(ctx: Context, cfg: dict, table, prog: Progress) -> None:
+def _harness(ctx: Context, cfg: dict, table, prog: Progress, fit: bool = True) -> None:
     Ts, inner = cfg["Ts"], cfg["inner"]
     dev = ctx.device.type
     for dtype in cfg["dtypes"]:
@@ -175,6 +191,8 @@ def _harness(ctx: Context, cfg: dict, table, prog: Progress) -> None:
                     row["fwdbwd_frac_of_copy"] = row["fwdbwd_GBps"] / copy[T]
                 table.add(**base, **row, status="ok")
             del x
+    if not fit:
+        return
     for (impl, dt), rows in ok_groups(table.rows, "impl", "dtype").items():
         ctx.fit("kernels", "fwd+bwd time", impl,
                 f"{dt}, [T, {inner[0]}, {inner[1]}], {'GPU' if ctx.gpu else 'CPU'}",

@@ -86,6 +86,14 @@ def report(outs: Sequence[Path]) -> str:
                            f"Forward (autograd recording), ms ({where}), {dtype}",
                            "implementation"))
     parts.append(_not_measured(ker, lambda r: f"kernels {r['impl']}"))
+    node = [r for r in read_rows(outs, "kernels_node") if r.get("status") == "ok"]
+    if node:
+        parts.append(pivot(node, lambda r: r["impl"], "T",
+                           lambda r: f"{_n(r['fwd_ms'])} / {_n(r['fwdbwd_ms'])} "
+                                     f"({_n(r['fwd_GBps'])} / {_n(r['fwdbwd_GBps'])} GB/s; "
+                                     f"copy {_n(r['copy_GBps'])} GB/s)",
+                           f"Reversible node check, [16, 256, 65536] float32 ({node[0]['timer']}):"
+                           f" forward / forward+backward ms", "implementation"))
     on = read_rows(outs, "kernels_on")
     shape = next((f"T = {r['T']}, batch {r['batch']}, {r['timer']}" for r in on
                   if r.get("status") == "ok"), "")

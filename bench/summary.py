@@ -87,6 +87,7 @@ def headline(out: Sequence[Path]) -> list:
             if frac is not None:
                 lines.append((f"RevLIF fwd+bwd bandwidth / copy, T={T}, fp32", frac, ">= 0.8",
                               _verdict(frac, 0.8), where))
+    lines += _node_check(read_rows(out, "kernels_node"))
     net = read_rows(out, "network")
     for model, variant, target in (("vgg11", "revlif", 1.3), ("resnet18", "revlif-rev", 3.0)):
         r = _pick(net, model=model, variant=variant, T=16, batch=32)
@@ -102,10 +103,31 @@ def headline(out: Sequence[Path]) -> list:
     return lines
 
 
+def _node_check(rows: list) -> list:
+    """Issue 2's GPU targets from the kernels_node table: each pass's bandwidth against a copy
+    (backward = fwd+bwd minus fwd) and the fused backward against the recompute one."""
+    rev, rec = _pick(rows, impl="revlif"), _pick(rows, impl="revlif-recompute")
+    if not rev:
+        return []
+    where, shape = rev["device"], "T=16, 2**24 neurons, fp32"
+    t_f, t_fb, copy = num(rev["fwd_ms"]), num(rev["fwdbwd_ms"]), num(rev["copy_GBps"])
+    fwd_bw = num(rev["fwd_GBps"]) / copy
+    bwd_bw = (num(rev["fwdbwd_GBps"]) * t_fb - num(rev["fwd_GBps"]) * t_f) / (t_fb - t_f) / copy
+    lines = [(f"RevLIF forward bandwidth / copy, {shape}", fwd_bw, ">= 0.8",
+              _verdict(fwd_bw, 0.8), where),
+             (f"RevLIF fused backward bandwidth / copy, {shape}", bwd_bw, ">= 0.8",
+              _verdict(bwd_bw, 0.8), where)]
+    if rec:
+        r = (num(rec["fwdbwd_ms"]) - num(rec["fwd_ms"])) / (t_fb - t_f)
+        lines.append((f"fused backward speed-up over recompute (backward alone), {shape}", r,
+                      ">= 1.5x", _verdict(r, 1.5), where))
+    return lines
+
+
 def not_measured(out: Sequence[Path]) -> list:
     """Unique (table, implementation or variant, status) of rows that carry no number."""
     seen = []
-    for name in ("memory", "kernels", "kernels_on", "network", "network_depth"):
+    for name in ("memory", "kernels", "kernels_node", "kernels_on", "network", "network_depth"):
         for r in read_rows(out, name):
             if r.get("status", "ok") != "ok":
                 item = (name, r.get("impl") or r.get("variant") or "", r["status"])
