@@ -269,15 +269,21 @@ class Layout:
         return 2 * self.A * self.R
 
 
-def layout_of(shape: torch.Size, dim: int, name: str = "x") -> Layout:
-    if len(shape) < 3:
-        raise ValueError(f"{name} must have shape [T, B, C, *] (rank >= 3), got rank {len(shape)}")
+def channel_dim(shape: torch.Size, dim: int, name: str = "x") -> int:
+    """``dim`` as a non-negative index of a non-time dimension of a time-first ``shape``."""
     if not isinstance(dim, int) or isinstance(dim, bool):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     nd = len(shape)
     d = dim + nd if dim < 0 else dim
     if not 1 <= d < nd:
         raise ValueError(f"dim must index a non-time dimension of {name} (1..{nd - 1}), got {dim}")
+    return d
+
+
+def layout_of(shape: torch.Size, dim: int, name: str = "x") -> Layout:
+    if len(shape) < 3:
+        raise ValueError(f"{name} must have shape [T, B, C, *] (rank >= 3), got rank {len(shape)}")
+    d = channel_dim(shape, dim, name)
     C = shape[d]
     if C % 2:
         raise ValueError(f"{name}.shape[{d}] (the split dim) must be even for the two-group "

@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import torch
 
-from .._config import BACKENDS, LIFConfig, check_float_tensor
+from .._config import BACKENDS, LIFConfig, channel_dim, check_float_tensor
 from ..ops import lif as _op
 
 Param = Union[float, torch.Tensor]
@@ -29,10 +29,7 @@ def _channels(shape: torch.Size, dim: int, params: tuple) -> tuple[int, int]:
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if all(not isinstance(p, torch.Tensor) or p.numel() == 1 for p in params):
         return 1, 1
-    nd = len(shape)
-    d = dim + nd if dim < 0 else dim
-    if not 1 <= d < nd:
-        raise ValueError(f"dim must index a non-time dimension of x (1..{nd - 1}), got {dim}")
+    d = channel_dim(shape, dim)
     return shape[d], math.prod(shape[d + 1:])
 
 

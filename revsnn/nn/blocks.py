@@ -48,6 +48,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from .._config import channel_dim
+
 GRID_BITS = 16
 """Block values are multiples of ``2**-GRID_BITS``."""
 LIMIT = 2.0 ** 8
@@ -196,10 +198,7 @@ class RevBlock(nn.Module):
         if x.dim() < 3:
             raise ValueError(f"{name} must have shape [T, B, C, *] (rank >= 3), got rank "
                              f"{x.dim()}")
-        d = self.dim + x.dim() if self.dim < 0 else self.dim
-        if not 1 <= d < x.dim():
-            raise ValueError(f"dim must index a non-time dimension of {name} "
-                             f"(1..{x.dim() - 1}), got {self.dim}")
+        d = channel_dim(x.shape, self.dim, name)
         if x.shape[d] % 2:
             raise ValueError(f"{name}.shape[{d}] (the split dim) must be even for a RevBlock, "
                              f"got {x.shape[d]}")
