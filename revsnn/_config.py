@@ -193,8 +193,7 @@ def channel_param(value: Union[float, torch.Tensor], name: str, channels: int,
     if value.numel() not in (1, channels) or value.dim() > 1:
         raise ValueError(f"{name} must be a scalar or a tensor of shape [{channels}] (one per "
                          f"channel of the split dim), got shape {tuple(value.shape)}")
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but x is on {device}")
+    check_device(value, name, device)
     bad = ~((value > lo) & (value <= hi) & torch.isfinite(value))
     if bool(bad.any()):
         raise ValueError(f"{name} values must be finite and in ({lo}, {hi}]; got "
@@ -238,6 +237,12 @@ def grid_for(dtype: torch.dtype, cfg: RevLIFConfig) -> Grid:
     p_bits, fy = _GRIDS[dtype]
     a = cfg.alpha_exp
     return Grid(p_bits, fy, fy + a, F_BITS - fy - a, (1 << p_bits) - (1 << fy))
+
+
+def check_device(t: torch.Tensor, name: str, device: torch.device) -> None:
+    """An argument must live where x lives."""
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but x is on {device}")
 
 
 def check_float_tensor(t: torch.Tensor, name: str) -> None:

@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import torch
 
-from .._config import BACKENDS, LIFConfig, channel_dim, check_float_tensor
+from .._config import BACKENDS, LIFConfig, channel_dim, check_device, check_float_tensor
 from ..ops import lif as _op
 
 Param = Union[float, torch.Tensor]
@@ -40,8 +40,7 @@ def _param(p: Param, name: str, x: torch.Tensor, C: int, acc: torch.dtype):
     if not isinstance(p, torch.Tensor):
         return None
     check_float_tensor(p, name)
-    if p.device != x.device:
-        raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
+    check_device(p, name, x.device)
     if p.numel() != 1 and tuple(p.shape) != (C,):
         raise ValueError(f"{name} must be a float, a one-element tensor or a tensor of shape "
                          f"[{C}] (one value per channel along dim), got shape {tuple(p.shape)}")
@@ -58,8 +57,7 @@ def _initial_state(v: Optional[torch.Tensor], x: torch.Tensor,
     if tuple(v.shape) != tuple(x.shape[1:]):
         raise ValueError(f"v must have shape {tuple(x.shape[1:])} (x without T), got "
                          f"{tuple(v.shape)}; reset the state between inputs of other shapes")
-    if v.device != x.device:
-        raise ValueError(f"v is on {v.device} but x is on {x.device}")
+    check_device(v, "v", x.device)
     return v.to(acc).reshape(-1).contiguous()
 
 

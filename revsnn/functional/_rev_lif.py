@@ -5,8 +5,8 @@ from typing import Optional, Union
 
 import torch
 
-from .._config import (BACKENDS, BACKWARDS, RevLIFConfig, channel_param, check_float_tensor,
-                       layout_of)
+from .._config import (BACKENDS, BACKWARDS, RevLIFConfig, channel_param, check_device,
+                       check_float_tensor, layout_of)
 from ..ops import rev_lif as _op
 from ..state import RevLIFState
 
@@ -32,8 +32,7 @@ def _initial_state(state: StateLike, x: torch.Tensor, lay) -> Optional[torch.Ten
     if tuple(v.shape) != tuple(x.shape[1:]):
         raise ValueError(f"{name} must have shape {tuple(x.shape[1:])} (x without T), got "
                          f"{tuple(v.shape)}")
-    if v.device != x.device:
-        raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
+    check_device(v, name, x.device)
     return v.reshape(lay.A, 2, lay.R)
 
 
