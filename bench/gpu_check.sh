@@ -87,6 +87,8 @@ if [ "$GPU" != 1 ] && [ "${REVSNN_GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then
          "rehearse it on CPU)" >&2
     exit 1
 fi
+# compiled kernels on a GPU, whatever tests/conftest.py guesses from /dev
+[ "$GPU" = 1 ] && export TRITON_INTERPRET=0
 
 # -- 1. peers from local wheels, if any are missing ---------------------------------------------
 SITE=bench/wheels/site
@@ -134,13 +136,18 @@ for n in ('spikingjelly', 'snntorch', 'norse'):
 fi
 
 # -- 2. GPU tests first -----------------------------------------------------------------------
-TESTS="tests/test_rev_lif.py tests/test_lif.py"
+TESTS="tests/test_rev_lif.py tests/test_lif.py tests/test_parity.py tests/test_blocks.py"
+# Triton compiles each specialisation on first use; pytest-xdist, where installed, spreads that
+# over the CPU cores (the tests share nothing but the compile cache).
+XDIST=""
+"$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
 if [ "$FULL" = 1 ]; then
-    run_step tests "${TEST_TIMEOUT:-1800}" "$PY" -m pytest -q -p no:cacheprovider \
+    # shellcheck disable=SC2086
+    run_step tests "${TEST_TIMEOUT:-1800}" "$PY" -m pytest -q -p no:cacheprovider $XDIST \
         --durations=10 tests
 elif [ "$GPU" = 1 ]; then
     # shellcheck disable=SC2086
-    run_step tests "${TEST_TIMEOUT:-100}" "$PY" -m pytest -q -p no:cacheprovider \
+    run_step tests "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -p no:cacheprovider $XDIST \
         --durations=5 $TESTS
 else
     run_step tests "${TEST_TIMEOUT:-120}" "$PY" -m pytest -q -p no:cacheprovider \

@@ -290,7 +290,8 @@ def test_layouts_and_empty(backend):
     (lambda x: lif(x, tau=float("nan")), ValueError, "tau must be finite"),
     (lambda x: lif(x, tau=math.inf), ValueError, "tau must be finite"),
     (lambda x: lif(x, tau="2"), TypeError, "tau must be a float"),
-    (lambda x: lif(x, tau=torch.ones(5) * 2), ValueError, r"tau must be .*shape \[6\]"),
+    (lambda x: lif(x, tau=torch.ones(5, device=x.device) * 2), ValueError,
+     r"tau must be .*shape \[6\]"),
     (lambda x: lif(x, tau=torch.ones(6, dtype=torch.int64)), TypeError, "tau must be float32"),
     (lambda x: lif(x, tau=torch.ones(6, device="meta")), ValueError, "tau is on meta"),
     (lambda x: lif(x, v_threshold=torch.ones(6), dim=4), ValueError, "dim"),
@@ -327,7 +328,8 @@ def test_layer_keeps_state_until_reset(backend):
 
 
 def test_layer_parameters(backend):
-    node = revsnn.LIF(learn_tau=True, learn_threshold=True, channels=6, backend=backend)
+    node = revsnn.LIF(learn_tau=True, learn_threshold=True, channels=6,
+                      backend=backend).to(DEVICE)
     assert {n: tuple(p.shape) for n, p in node.named_parameters()} == {
         "tau": (6,), "v_threshold": (6,)}
     assert "tau=tensor[6]" in repr(node)

@@ -87,9 +87,11 @@ def assert_exact(out, s_ref, v_ref, g_ref):
 
 
 def assert_sj_parity(reset, decay_input, detach_reset, surrogate, shape, backend, seed=0):
-    x = rand(shape, 1.5, 0.4, seed, grad=True)
-    v0 = rand(shape[1:], 0.5, 0.3, seed + 1, grad=True)
-    gs, gv = rand(shape, seed=seed + 2), rand(shape[1:], seed=seed + 3)
+    # Triton runs compiled on CUDA tensors where a GPU is present, else interpreted on the CPU
+    dev = "cuda" if backend == "triton" and HAS_CUDA else "cpu"
+    x = rand(shape, 1.5, 0.4, seed, device=dev, grad=True)
+    v0 = rand(shape[1:], 0.5, 0.3, seed + 1, device=dev, grad=True)
+    gs, gv = rand(shape, seed=seed + 2, device=dev), rand(shape[1:], seed=seed + 3, device=dev)
     ref = run_pair(sj_node(reset, decay_input, detach_reset, surrogate), x, v0, gs, gv)
     out = run_pair(rev_node(reset, decay_input, detach_reset, surrogate, backend), x, v0, gs,
                    gv)

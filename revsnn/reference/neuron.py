@@ -38,8 +38,12 @@ def fire_reset_int(m: torch.Tensor, vth_i, cfg: RevLIFConfig) -> tuple[torch.Ten
 def charge_real(v: torch.Tensor, i: torch.Tensor, cfg, tau=None) -> torch.Tensor:
     tau = cfg.tau if tau is None else tau
     vr = 0.0 if cfg.v_reset is None else cfg.v_reset
-    if not isinstance(tau, torch.Tensor) and math.isinf(tau):
-        return v + i
+    if not isinstance(tau, torch.Tensor):
+        if math.isinf(tau):
+            return v + i
+        # CUDA divides by a Python number as a product with its reciprocal, which is not
+        # correctly rounded; a tensor divisor is divided exactly, on every device
+        tau = torch.tensor(tau, dtype=v.dtype, device=v.device)
     if cfg.decay_input:
         return v + (i - (v - vr)) / tau
     return v - (v - vr) / tau + i
