@@ -12,7 +12,8 @@ record on CUDA); otherwise on CPU tensors at batch 2 and 3 and extended linearly
 (from batch 2 on, every kept tensor has the batch as a factor or is independent of it, so the
 line is exact; tests/test_bench.py checks it; the ``method`` column says which way).
 GPU: ``torch.cuda.max_memory_allocated`` over one SGD training step (forward, backward,
-update, after a warm-up step), and the kept bytes on CUDA tensors.
+update, after a warm-up step) above what was allocated before the model was built, and the
+kept bytes on CUDA tensors.
 
 ``network_fit``: a linear model ``bytes = c0 + c1 * batch + c2 * batch * T`` fitted by least
 squares, used to find the largest batch and T that fit the budget. CPU: kept bytes + weights +
@@ -21,6 +22,7 @@ workspace); GPU: the measured peak.
 """
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -147,7 +149,13 @@ class HostMeter:
 
 
 def gpu_step_memory(name: str, variant: str, T: int, batch: int, kw: dict) -> tuple:
-    """(peak bytes of one SGD training step, kept bytes of its forward) on CUDA."""
+    """(peak bytes of one SGD training step, kept bytes of its forward) on CUDA, counted from
+    what was allocated before the model was built: weights, gradients, momentum, input,
+    activations and every transient buffer of the step."""
+    # an earlier point's reference cycles (SpikingJelly's modules leave some) would count here
+    gc.collect()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
     model = make_model(name, variant, T, "cuda", **kw)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = _static_input(name, batch, "cuda", kw)
@@ -164,7 +172,7 @@ def gpu_step_memory(name: str, variant: str, T: int, batch: int, kw: dict) -> tu
     torch.cuda.reset_peak_memory_stats()
     step()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated(), kept
+    return torch.cuda.max_memory_allocated() - base, kept
 
 
 def _params(name: str, variant: str, kw: dict) -> tuple[int, int]:
@@ -181,7 +189,7 @@ def run(ctx: Context) -> list:
                                          else "kept for backward (CPU, exact)"), COLUMNS,
         notes=["kept_MiB: bytes autograd keeps for backward in one forward (parameters and "
                "buffers excluded). peak_MiB (GPU): torch.cuda.max_memory_allocated over one "
-               "SGD step. sj_over_this: SpikingJelly's figure / this row's, same model, T, "
+               "SGD step, above what was allocated before the model was built. sj_over_this: SpikingJelly's figure / this row's, same model, T, "
                "batch (the paper's headline ratio). Reversible variants are smaller networks "
                "(revsnn.models documents their parameter counts)."])
     fits = ctx.table(

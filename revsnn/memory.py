@@ -30,7 +30,11 @@ class KeptBytes:
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         self._held.setdefault(storage_id(t), t)
-        return t
+        # A pack hook that returns a saved *output* itself closes a cycle through C++ (output ->
+        # grad_fn -> saved -> output) that no garbage collector sees: a forward that is never
+        # backpropagated (as when only measuring) would keep its whole graph alive for good.
+        # The detached alias has the same storage and no grad_fn.
+        return t.detach()
 
     def __enter__(self) -> "KeptBytes":
         self.sizes, self._held = {}, {}

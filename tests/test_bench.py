@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import revsnn
 from bench import kernels, memory, network
 from bench.common import linear_fit
 from revsnn.memory import KeptBytes, storage_id
@@ -126,6 +127,31 @@ def test_kept_bytes_counts_each_storage_once():
     with KeptBytes() as kept:
         meta * meta.exp()
     assert kept.bytes() == 2 * meta.nbytes  # storages told apart without data pointers
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects meets deprecated objects
+def test_kept_bytes_releases_a_graph_never_backpropagated():
+    """Measuring a forward that is never backpropagated frees its graph with its output (the
+    reversible node saves its own output y); the graph stays usable for a backward."""
+    import gc
+
+    def live_tensors():
+        gc.collect()
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+    def measure():
+        x = torch.randn(4, 2, 6, 3, requires_grad=True)
+        with KeptBytes() as kept:
+            y, _ = revsnn.functional.rev_lif(x)
+        assert kept.bytes(only={storage_id(y)}) == y.nbytes
+    before = live_tensors()
+    measure()
+    assert live_tensors() == before
+    x = torch.randn(4, 2, 6, 3, requires_grad=True)
+    with KeptBytes():
+        y, _ = revsnn.functional.rev_lif(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g, torch.autograd.grad(revsnn.functional.rev_lif(x)[0].sum(), x)[0])
 
 
 def test_network_batch_line_is_exact():
