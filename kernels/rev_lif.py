@@ -16,6 +16,9 @@ from .surrogate import surrogate_grad
 
 V_MAX = tl.constexpr(1073741823)       # 2**30 - 1
 POISON_LIMIT = tl.constexpr(-1073741824)
+V_PARAM_MAX = tl.constexpr(64.0)       # revsnn/_config.py
+F64_MAX = tl.constexpr(1.7976931348623157e308)
+BAD_PARAM = tl.constexpr(16)           # error code: tau or v_threshold out of range
 
 
 @triton.jit
@@ -69,37 +72,66 @@ def _program_pairs(P, R, BLOCK: tl.constexpr):
 
 @triton.jit
 def _per_group(ptr, r, mask, INNER, HALF_C, PER_CH: tl.constexpr):
-    """A constant of each pair's two neurons: ptr[C] indexed by channel (PER_CH), or ptr[0]."""
+    """A parameter of each pair's two neurons: ptr[C] indexed by channel (PER_CH), or ptr[0]."""
     if PER_CH:
         ch = r // INNER
-        a = tl.load(ptr + ch, mask=mask, other=0)
-        b = tl.load(ptr + ch + HALF_C, mask=mask, other=0)
+        a = tl.load(ptr + ch, mask=mask, other=2)
+        b = tl.load(ptr + ch + HALF_C, mask=mask, other=2)
     else:
-        a = tl.load(ptr)
+        # a block-shaped copy: the interpreter cannot combine scalar and block booleans
+        a = tl.broadcast_to(tl.load(ptr), r.shape)
         b = a
     return a, b
 
 
 @triton.jit
+def _fixed_params(tau, vth, F: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """c_tau = round(2**F / tau) and vth_i = round(vth * 2**F), int64, half up, in float64 (the
+    same on every device), and whether both are in range: tau > 1 (inf, c_tau = 0, is the IF
+    neuron, valid without decay_input only) and |vth| <= V_PARAM_MAX. Out of range, tau = 2
+    and vth = 0 stand in (the state is flagged)."""
+    t = tau.to(tl.float64)
+    v = vth.to(tl.float64)
+    ok = (t > 1.0) & (tl.abs(v) <= V_PARAM_MAX)
+    if DECAY_INPUT:
+        ok = ok & (t <= F64_MAX)
+    c = tl.floor((1 << F) / tl.where(ok, t, 2.0) + 0.5).to(tl.int64)
+    th = tl.floor(tl.where(ok, v, 0.0) * (1 << F) + 0.5).to(tl.int64)
+    return c, th, ok
+
+
+@triton.jit
+def _node_params(tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F: tl.constexpr,
+                 DECAY_INPUT: tl.constexpr, TAU_PER_CH: tl.constexpr,
+                 VTH_PER_CH: tl.constexpr):
+    """Both neurons' fixed-point c_tau and vth_i, and the error code of their parameters."""
+    tau1, tau2 = _per_group(tau_ptr, r, mask, INNER, HALF_C, TAU_PER_CH)
+    vth1, vth2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, VTH_PER_CH)
+    c1, th1, ok1 = _fixed_params(tau1, vth1, F, DECAY_INPUT)
+    c2, th2, ok2 = _fixed_params(tau2, vth2, F, DECAY_INPUT)
+    return c1, c2, th1, th2, tl.where(ok1 & ok2, 0, BAD_PARAM)
+
+
+@triton.jit
 def rev_lif_fwd_kernel(
-    x_ptr, v0_ptr, y_ptr, vT_ptr, stash_ptr, m_ptr, c_ptr, vth_ptr,
+    x_ptr, v0_ptr, y_ptr, vT_ptr, stash_ptr, m_ptr, tau_ptr, vth_ptr,
     T, P, R, N, INNER, HALF_C,
     vr, x_scale, qmax,
     F: tl.constexpr, FY: tl.constexpr, X_SHIFT: tl.constexpr, ALPHA_SIGN: tl.constexpr,
     K1: tl.constexpr, K2: tl.constexpr, SPW: tl.constexpr,
-    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, PER_CH: tl.constexpr,
-    V0_MODE: tl.constexpr, WRITE_STASH: tl.constexpr, SAVE_M: tl.constexpr,
-    ACC_F64: tl.constexpr, BLOCK: tl.constexpr,
+    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, TAU_PER_CH: tl.constexpr,
+    VTH_PER_CH: tl.constexpr, V0_MODE: tl.constexpr, WRITE_STASH: tl.constexpr,
+    SAVE_M: tl.constexpr, ACC_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """y, final state and (WRITE_STASH) the shifted-out bits for all T steps; SAVE_M also
     stores the pre-reset potentials M1, M2 (int32) for the recompute-style backward.
-    c_ptr, vth_ptr: int32 round(2**F/tau) and round(vth*2**F), per channel or scalar."""
+    tau_ptr, vth_ptr: float tau and v_threshold, per channel ([C]) or scalar ([1])."""
     p, mask, r, off1, off2 = _program_pairs(P, R, BLOCK)
-    c1, c2 = _per_group(c_ptr, r, mask, INNER, HALF_C, PER_CH)
-    th1, th2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, PER_CH)
+    c1, c2, th1, th2, code = _node_params(tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F,
+                                          DECAY_INPUT, TAU_PER_CH, VTH_PER_CH)
     v1, e1 = _load_state(v0_ptr, off1, mask, F, V0_MODE)
     v2, e2 = _load_state(v0_ptr, off2, mask, F, V0_MODE)
-    code = e1 | e2
+    code = code | e1 | e2
     one_y = 1 << FY
     word = tl.zeros([BLOCK], dtype=tl.int32)
     sp = stash_ptr + p
@@ -152,13 +184,13 @@ def rev_lif_fwd_kernel(
 
 @triton.jit
 def rev_lif_bwd_kernel(
-    y_ptr, gy_ptr, vT_ptr, stash_ptr, m_ptr, out_ptr, v0_ptr, pg_ptr,
-    c_ptr, vth_ptr, inv_tau_ptr, vthf_ptr,
+    y_ptr, gy_ptr, vT_ptr, stash_ptr, m_ptr, out_ptr, v0_ptr, pg_ptr, tau_ptr, vth_ptr,
     T, P, R, N, INNER, HALF_C, last_step, last_word,
     vr, x_unit, vr_f, alpha, beta1, beta2, sg_alpha,
     F: tl.constexpr, FY: tl.constexpr, X_SHIFT: tl.constexpr, ALPHA_SIGN: tl.constexpr,
     K1: tl.constexpr, K2: tl.constexpr, SPW: tl.constexpr,
-    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, PER_CH: tl.constexpr, MODE: tl.constexpr,
+    DECAY_INPUT: tl.constexpr, HARD: tl.constexpr, TAU_PER_CH: tl.constexpr,
+    VTH_PER_CH: tl.constexpr, MODE: tl.constexpr,
     SURROGATE: tl.constexpr, DETACH_RESET: tl.constexpr, WRITE_V0: tl.constexpr,
     PARAM_GRAD: tl.constexpr, ACC_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -168,21 +200,24 @@ def rev_lif_bwd_kernel(
     writes each neuron's dL/dtau and dL/dv_threshold into pg [2, N]. MODE 2: the gradient
     (x and v0 only) from saved M1, M2 (m_ptr) instead of a reconstruction."""
     p, mask, r, off1, off2 = _program_pairs(P, R, BLOCK)
-    c1, c2 = _per_group(c_ptr, r, mask, INNER, HALF_C, PER_CH)
-    th1, th2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, PER_CH)
+    c1, c2, th1, th2, code = _node_params(tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F,
+                                          DECAY_INPUT, TAU_PER_CH, VTH_PER_CH)
     one_y = 1 << FY
     w1 = tl.load(vT_ptr + off1, mask=mask, other=0)
     w2 = tl.load(vT_ptr + off2, mask=mask, other=0)
-    code = _poison_code(w1) | _poison_code(w2)
+    code = code | _poison_code(w1) | _poison_code(w2)
     v1n = w1.to(tl.int64)
     v2n = w2.to(tl.int64)
     g1n = _to_acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_F64)
     g2n = _to_acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_F64)
     if MODE != 0:
-        it1, it2 = _per_group(inv_tau_ptr, r, mask, INNER, HALF_C, PER_CH)
-        vf1, vf2 = _per_group(vthf_ptr, r, mask, INNER, HALF_C, PER_CH)
-        it1 = _to_acc(it1, ACC_F64)
-        it2 = _to_acc(it2, ACC_F64)
+        # the real-valued 1/tau and v_threshold of the gradient, rounded to float32 first
+        tau1, tau2 = _per_group(tau_ptr, r, mask, INNER, HALF_C, TAU_PER_CH)
+        vf1, vf2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, VTH_PER_CH)
+        it1 = _to_acc((1.0 / tau1.to(tl.float64)).to(tl.float32), ACC_F64)
+        it2 = _to_acc((1.0 / tau2.to(tl.float64)).to(tl.float32), ACC_F64)
+        vf1 = _to_acc(vf1.to(tl.float32), ACC_F64)
+        vf2 = _to_acc(vf2.to(tl.float32), ACC_F64)
         if DECAY_INPUT:
             kin1 = it1
             kin2 = it2

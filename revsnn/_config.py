@@ -13,6 +13,7 @@ Fixed-point scheme (see README, "Exactness"):
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -32,6 +33,8 @@ ERROR_CODES = {
     2: "a membrane potential overflowed the fixed-point range",
     4: "the initial state held NaN/Inf or a value outside the fixed-point range",
     8: "y held a value off the output grid (not produced by rev_lif with these settings)",
+    16: "tau or v_threshold held a value out of range (tau > 1, inf only without decay_input; "
+        "|v_threshold| <= 64)",
 }
 
 # dtype -> (significand bits P, output grid fraction bits FY). float64 shares float32's grid:
@@ -93,8 +96,8 @@ class RevLIFConfig(_NeuronOptions):
     """Validated scalar node options and the fixed-point constants derived from them.
 
     ``tau`` and ``v_threshold`` may be per-channel: they travel as tensors beside the config
-    (:func:`channel_param`, :func:`node_constants`); the config only records whether the node
-    is an IF neuron (scalar ``tau = inf``)."""
+    (:func:`channel_param`); the config only records whether the node is an IF neuron (scalar
+    ``tau = inf``)."""
 
     is_if: bool
     decay_input: bool
@@ -179,38 +182,31 @@ def _check_scalar(v, name: str, lo: float, hi: float, allow_inf: bool = False) -
                          + (" (or math.inf)" if allow_inf else "") + f", got {v}")
 
 
+@functools.lru_cache(maxsize=256)
+def _scalar_tensor(value: float, device: torch.device) -> torch.Tensor:
+    # made once per value and device: building it on every call is a host-to-device copy,
+    # which waits for the device; the ops only read it
+    return torch.tensor([value], dtype=torch.float32, device=device)
+
+
 def channel_param(value: Union[float, torch.Tensor], name: str, channels: int,
                   device: torch.device) -> torch.Tensor:
     """tau or v_threshold as a float tensor [1] (a scalar) or [C] (one per channel).
 
-    A tensor keeps its autograd history (a learnable parameter gets a gradient); its values are
-    checked here, which reads them on the host (one sync per call)."""
-    lo, hi = (1.0, math.inf) if name == "tau" else (-V_PARAM_MAX, V_PARAM_MAX)
+    A tensor keeps its autograd history (a learnable parameter gets a gradient). Its values are
+    not read here (that would wait for the device on every call): the kernels flag a value out
+    of range in the node's state (error code 16), as they flag a bad x."""
     if not isinstance(value, torch.Tensor):
-        return torch.tensor([float(value)], dtype=torch.float32, device=device)
+        if torch.compiler.is_compiling():  # a compiled graph builds its constants once anyway
+            return torch.tensor([float(value)], dtype=torch.float32, device=device)
+        return _scalar_tensor(float(value), torch.device(device))
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
     if value.numel() not in (1, channels) or value.dim() > 1:
         raise ValueError(f"{name} must be a scalar or a tensor of shape [{channels}] (one per "
                          f"channel of the split dim), got shape {tuple(value.shape)}")
     check_device(value, name, device)
-    bad = ~((value > lo) & (value <= hi) & torch.isfinite(value))
-    if bool(bad.any()):
-        raise ValueError(f"{name} values must be finite and in ({lo}, {hi}]; got "
-                         f"{value.detach()[bad].flatten()[:4].tolist()}")
     return value.reshape(-1)
-
-
-def node_constants(tau: torch.Tensor, v_threshold: torch.Tensor, cfg: RevLIFConfig):
-    """Per-channel constants the kernels read, from tau/v_threshold tensors [1] or [C]:
-    c_tau = round(2**F/tau) and vth_i = round(vth*2**F) (int32, half up, in float64) and the
-    real-valued 1/tau and v_threshold (float32) for the gradient. IF: c_tau = 0, 1/tau = 0."""
-    tau = tau.detach().to(torch.float64)
-    vth = v_threshold.detach().to(torch.float64)
-    inv_tau = torch.zeros_like(tau) if cfg.is_if else 1.0 / tau
-    c_tau = torch.floor(inv_tau * 2 ** F_BITS + 0.5).to(torch.int32)
-    vth_i = torch.floor(vth * 2 ** F_BITS + 0.5).to(torch.int32)
-    return c_tau, vth_i, inv_tau.to(torch.float32), vth.to(torch.float32)
 
 
 @dataclass(frozen=True)

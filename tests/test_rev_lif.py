@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import revsnn
-from revsnn._config import RevLIFConfig, grid_for
+from revsnn._config import POISON_LIMIT, RevLIFConfig, grid_for
 from revsnn.functional import rev_lif, rev_lif_inverse
 from revsnn.reference import rev_lif_float64, rev_lif_int
 from revsnn.state import RevLIFState
@@ -482,6 +482,27 @@ def test_learnable_params_gradients(backend, option, detach_reset):
         assert_close_rel(g, gr)
 
 
+@pytest.mark.parametrize("per_channel", ["tau", "v_threshold"])
+def test_one_param_per_channel_the_other_scalar(backend, per_channel):
+    """A per-channel tau with a scalar v_threshold (and the reverse): forward exact against
+    the ground truth, gradients of the right shapes and values."""
+    shape = (10, 2, 6, 5)
+    tau, vth = channel_params(shape[2], seed=7, requires_grad=True)
+    scalar = torch.tensor([1.75 if per_channel == "v_threshold" else 0.9], device=DEVICE,
+                          requires_grad=True)
+    kw = dict(tau=tau, v_threshold=scalar) if per_channel == "tau" else dict(tau=scalar,
+                                                                          v_threshold=vth)
+    x = make_x(shape, seed=8, requires_grad=True)
+    gy = make_x(shape, scale=1.0, seed=9)
+    y, st = rev_lif(x, backend=backend, **kw)
+    yr, sr = rev_lif_int(x, **kw)
+    assert torch.equal(y, yr.detach()) and torch.equal(st.v_fixed, sr.v_fixed)
+    wrt = (x, kw["tau"], kw["v_threshold"])
+    for g, gr in zip(torch.autograd.grad(y, wrt, gy), torch.autograd.grad(yr, wrt, gy)):
+        assert g.shape == gr.shape
+        assert_close_rel(g, gr)
+
+
 def test_scalar_tensor_params_and_layer_parameters(backend):
     tau = torch.nn.Parameter(torch.tensor(3.0, device=DEVICE))
     vth = torch.nn.Parameter(torch.tensor([0.8], device=DEVICE))
@@ -497,9 +518,7 @@ def test_scalar_tensor_params_and_layer_parameters(backend):
 
 
 @pytest.mark.parametrize("call,exc,match", [
-    (lambda x: rev_lif(x, tau=torch.full((6,), 0.9)), ValueError, "tau values"),
     (lambda x: rev_lif(x, tau=torch.full((5,), 2.0)), ValueError, r"shape \[6\]"),
-    (lambda x: rev_lif(x, tau=torch.full((6,), float("inf"))), ValueError, "tau values"),
     (lambda x: rev_lif(x, v_threshold=torch.ones(6, dtype=torch.int32)), TypeError,
      "v_threshold"),
     (lambda x: rev_lif(x, tau=torch.full((6,), 2.0, device="meta")), ValueError, "tau is on"),
@@ -509,3 +528,41 @@ def test_scalar_tensor_params_and_layer_parameters(backend):
 def test_bad_channel_params(call, exc, match):
     with pytest.raises(exc, match=match):
         call(torch.zeros(3, 2, 6, 2))
+
+
+@pytest.mark.parametrize("which,value,decay_input", [
+    ("tau", 0.9, True), ("tau", float("nan"), True), ("tau", float("inf"), True),
+    ("v_threshold", 65.0, True), ("v_threshold", float("-inf"), False)])
+def test_param_values_out_of_range_flag_the_state(backend, which, value, decay_input):
+    """Tensor tau / v_threshold values are checked on the device, not read on the host: one
+    bad channel flags its pairs (code 16), which validate=True and the backward report."""
+    x = make_x((3, 2, 6, 5), seed=9, requires_grad=True)
+    tau, vth = channel_params(6, seed=9)
+    bad = dict(tau=tau, v_threshold=vth)
+    bad[which] = bad[which].clone()
+    bad[which][4] = value
+    kw = dict(bad, decay_input=decay_input, backend=backend)
+    y, st = rev_lif(x, **kw)
+    assert st.error() is not None and "out of range" in st.error()
+    flagged = st.v_fixed < POISON_LIMIT
+    assert flagged[:, [1, 4]].all() and not flagged[:, [0, 2, 3, 5]].any()  # pair (1, 4)
+    with pytest.raises(ValueError, match="tau or v_threshold"):
+        rev_lif(x, validate=True, **kw)
+    with pytest.raises(ValueError, match="tau or v_threshold"):
+        y.sum().backward()
+    yt, st_twin = rev_lif(x.detach().cpu(), **{k: v.cpu() if torch.is_tensor(v) else v
+                                               for k, v in dict(kw, backend="torch").items()})
+    assert torch.equal(st.v_fixed.cpu(), st_twin.v_fixed) and torch.equal(y.detach().cpu(), yt)
+
+
+def test_inf_tau_without_decay_input_is_an_if_channel(backend):
+    """tau = inf in a per-channel tensor is an IF neuron there, as the scalar tau = inf is
+    everywhere (decay_input=False: with it, inf is out of range, tested above)."""
+    x = make_x((5, 2, 4, 3), seed=10)
+    tau = torch.tensor([math.inf, 3.0, math.inf, 3.0], device=DEVICE)
+    y, st = rev_lif(x, tau=tau, decay_input=False, backend=backend)
+    assert st.error() is None
+    y_if, _ = rev_lif(x, tau=math.inf, backend=backend)
+    y_lif, _ = rev_lif(x, tau=3.0, decay_input=False, backend=backend)
+    assert torch.equal(y[:, :, [0, 2]], y_if[:, :, [0, 2]])
+    assert torch.equal(y[:, :, [1, 3]], y_lif[:, :, [1, 3]])

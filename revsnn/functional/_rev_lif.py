@@ -67,9 +67,11 @@ def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
         tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha, detach_reset:
             SpikingJelly ``LIFNode`` semantics; ``tau=math.inf`` is the IF neuron,
             ``v_reset=None`` soft reset. Surrogates: ``"sigmoid"`` (alpha 4), ``"atan"`` (2).
-            ``tau`` (finite, > 1) and ``v_threshold`` may be tensors ``[C]``, one value per
-            channel of ``dim`` (group 1 gets the first C/2): learnable ones receive gradients
-            (``backward="fused"`` only); their values are checked on the host each call.
+            ``tau`` (> 1; inf, an IF channel, only with decay_input=False) and
+            ``v_threshold`` (magnitude <= 64) may be tensors ``[C]``, one value per channel of
+            ``dim`` (group 1 gets the first C/2): learnable ones receive gradients
+            (``backward="fused"`` only). Their values are checked by the kernel, which flags
+            the state (error code 16) rather than reading them on the host.
         alpha: coupling of the other group's input into the output, ± a power of two in
             [1/4, 4]. beta1 < 0 < beta2: cross-group coupling of the potentials, powers of two
             with magnitude in [2**-8, 1].

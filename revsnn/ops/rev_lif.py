@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .._config import F_BITS, RevLIFConfig, grid_for, node_constants
+from .._config import F_BITS, RevLIFConfig, grid_for
 from ..reference import rev_lif as twin
 from ..state import RevLIFState
 from ._dispatch import BLOCK, grid_1d, kernels_module, use_triton
@@ -21,22 +21,25 @@ from ._dispatch import BLOCK, grid_1d, kernels_module, use_triton
 NODE_ARGS = tuple(f.name for f in fields(RevLIFConfig))
 
 
-def _node_consts(cfg: RevLIFConfig, grid, consts, R: int):
-    per_ch = consts[0].numel() > 1
-    return dict(INNER=R // (consts[0].numel() // 2) if per_ch else 1,
-                HALF_C=consts[0].numel() // 2, F=F_BITS, FY=grid.fy, X_SHIFT=grid.x_shift,
-                ALPHA_SIGN=cfg.alpha_sign, K1=cfg.k1, K2=cfg.k2, SPW=cfg.steps_per_word,
-                DECAY_INPUT=cfg.int_decay_input, HARD=cfg.hard_reset, PER_CH=per_ch)
+def _node_consts(cfg: RevLIFConfig, grid, tau: torch.Tensor, vth: torch.Tensor, R: int):
+    """The kernels' scalar arguments of the node; C is the channel count where tau or
+    v_threshold is per channel ([C]), and each says whether it is."""
+    C = max(tau.numel(), vth.numel())
+    return dict(INNER=R // (C // 2) if C > 1 else 1, HALF_C=C // 2, F=F_BITS, FY=grid.fy,
+                X_SHIFT=grid.x_shift, ALPHA_SIGN=cfg.alpha_sign, K1=cfg.k1, K2=cfg.k2,
+                SPW=cfg.steps_per_word, DECAY_INPUT=cfg.int_decay_input, HARD=cfg.hard_reset,
+                TAU_PER_CH=tau.numel() > 1, VTH_PER_CH=vth.numel() > 1)
 
 
-def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], consts, cfg: RevLIFConfig,
-               write_stash: bool, save_m: bool, backend: str):
+def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
+               vth: torch.Tensor, cfg: RevLIFConfig, write_stash: bool, save_m: bool,
+               backend: str):
     """Forward over all T. x: contiguous [T, A, 2, R]; v0: None, int32 or float [A, 2, R];
-    consts: ``node_constants``. Returns (y, final int32 state, stash, M or None) as
+    tau, vth: float [1] or [C]. Returns (y, final int32 state, stash, M or None) as
     ``reference.rev_lif.fwd_twin`` does."""
     grid = grid_for(x.dtype, cfg)
     if not use_triton(x, backend):
-        return twin.fwd_twin(x, v0, consts, cfg, grid, write_stash, save_m)
+        return twin.fwd_twin(x, v0, tau, vth, cfg, grid, write_stash, save_m)
     T, A, _, R = x.shape
     P = A * R
     y = torch.empty_like(x)
@@ -45,10 +48,10 @@ def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], consts, cfg: RevLIFC
                         device=x.device)
     m = torch.empty(x.shape, dtype=torch.int32, device=x.device) if save_m else None
     if P:
-        nc = _node_consts(cfg, grid, consts, R)
+        nc = _node_consts(cfg, grid, tau, vth, R)
         kernels_module("rev_lif").rev_lif_fwd_kernel[grid_1d(P)](
             x, vT if v0 is None else v0, y, vT, stash if write_stash else vT,
-            vT if m is None else m, consts[0], consts[1],
+            vT if m is None else m, tau, vth,
             T, P, R, 2 * P, nc.pop("INNER"), nc.pop("HALF_C"),
             cfg.vr_i, grid.x_scale, float(grid.qmax),
             V0_MODE=0 if v0 is None else (1 if v0.dtype == torch.int32 else 2),
@@ -58,16 +61,16 @@ def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], consts, cfg: RevLIFC
 
 
 def launch_bwd(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Tensor,
-               stash: torch.Tensor, m: Optional[torch.Tensor], consts, cfg: RevLIFConfig,
-               mode: int, out_dtype: torch.dtype, v0_dtype: Optional[torch.dtype],
-               backend: str, param_grad: bool = False):
+               stash: torch.Tensor, m: Optional[torch.Tensor], tau: torch.Tensor,
+               vth: torch.Tensor, cfg: RevLIFConfig, mode: int, out_dtype: torch.dtype,
+               v0_dtype: Optional[torch.dtype], backend: str, param_grad: bool = False):
     """Time-reversed pass: (out, v0, per-neuron parameter gradients) as
     ``reference.rev_lif.bwd_twin`` returns them for each mode."""
     ref = m if mode == 2 else y
     grid = grid_for(out_dtype, cfg)
     if not use_triton(ref, backend):
-        return twin.bwd_twin(y, gy, vT, stash, m, consts, cfg, grid, mode, out_dtype, v0_dtype,
-                             param_grad)
+        return twin.bwd_twin(y, gy, vT, stash, m, tau, vth, cfg, grid, mode, out_dtype,
+                             v0_dtype, param_grad)
     T, A, _, R = ref.shape
     P = A * R
     acc = torch.float64 if out_dtype == torch.float64 else torch.float32
@@ -80,11 +83,11 @@ def launch_bwd(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.
     pg = torch.empty(2, A, 2, R, dtype=acc, device=vT.device) if param_grad else None
     if P:
         spw = cfg.steps_per_word
-        nc = _node_consts(cfg, grid, consts, R)
+        nc = _node_consts(cfg, grid, tau, vth, R)
         kernels_module("rev_lif").rev_lif_bwd_kernel[grid_1d(P)](
             ref if y is None else y, out if gy is None else gy, vT,
             stash if stash.numel() else vT, out if m is None else m, out,
-            vT if v0 is None else v0, out if pg is None else pg, *consts,
+            vT if v0 is None else v0, out if pg is None else pg, tau, vth,
             T, P, R, 2 * P, nc.pop("INNER"), nc.pop("HALF_C"),
             (T - 1) * 2 * P, ((T - 1) // spw) * P if spw else 0,
             cfg.vr_i, 1.0 / grid.x_scale, cfg.v_reset or 0.0, cfg.alpha,
@@ -129,8 +132,7 @@ def rev_lif_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
     """x [T, A, 2, R] -> (y [T, A, 2, R], final int32 state [A, 2, R], stash [W, A*R])."""
     cfg = RevLIFConfig(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
                        surrogate_alpha, detach_reset)
-    y, vT, stash, _ = launch_fwd(x, v0, node_constants(tau, v_threshold, cfg), cfg,
-                                 write_stash, False, backend)
+    y, vT, stash, _ = launch_fwd(x, v0, tau, v_threshold, cfg, write_stash, False, backend)
     return y, vT, stash
 
 
@@ -162,23 +164,23 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
                        surrogate_alpha, detach_reset)
     RevLIFState(vT, stash).check("rev_lif backward")
     _check_stash(stash, cfg, y.shape[0], y.shape[1] * y.shape[3], "rev_lif backward")
-    consts = node_constants(tau, v_threshold, cfg)
+    params = (tau, v_threshold, cfg)
     acc = torch.float64 if y.dtype == torch.float64 else torch.float32
     v0_dtype = acc if v0_grad else None
     if backward == "fused":
-        gx, gv0, pg = launch_bwd(y, gy, vT, stash, None, consts, cfg, 1, y.dtype, v0_dtype,
+        gx, gv0, pg = launch_bwd(y, gy, vT, stash, None, *params, 1, y.dtype, v0_dtype,
                                  backend, param_grad)
     else:
-        x, v0, _ = launch_bwd(y, None, vT, stash, None, consts, cfg, 0, y.dtype, None, backend)
-        _, _, _, m = launch_fwd(x, v0, consts, cfg, False, True, backend)
-        gx, gv0, pg = launch_bwd(None, gy, vT, stash, m, consts, cfg, 2, y.dtype, v0_dtype,
+        x, v0, _ = launch_bwd(y, None, vT, stash, None, *params, 0, y.dtype, None, backend)
+        _, _, _, m = launch_fwd(x, v0, *params, False, True, backend)
+        gx, gv0, pg = launch_bwd(None, gy, vT, stash, m, *params, 2, y.dtype, v0_dtype,
                                  backend)
     def empty():
         return vT.new_empty(0, dtype=acc)
     if pg is None:
         g_tau, g_vth = empty(), empty()
     else:
-        g_tau, g_vth = _per_channel_sum(pg[0], tau), _per_channel_sum(pg[1], tau)
+        g_tau, g_vth = _per_channel_sum(pg[0], tau), _per_channel_sum(pg[1], v_threshold)
     return gx, (gv0 if gv0 is not None else empty()), g_tau, g_vth
 
 
@@ -186,9 +188,9 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
 def _(y, gy, vT, stash, tau, v_threshold, is_if, decay_input, v_reset, alpha, beta1, beta2,
       surrogate, surrogate_alpha, detach_reset, v0_grad, param_grad, backward, backend):
     acc = torch.float64 if y.dtype == torch.float64 else torch.float32
-    pshape = tau.shape if param_grad else (0,)
     return (torch.empty_like(y), vT.new_empty(vT.shape if v0_grad else (0,), dtype=acc),
-            vT.new_empty(pshape, dtype=acc), vT.new_empty(pshape, dtype=acc))
+            vT.new_empty(tau.shape if param_grad else (0,), dtype=acc),
+            vT.new_empty(v_threshold.shape if param_grad else (0,), dtype=acc))
 
 
 def _setup_context(ctx, inputs, output):
@@ -227,8 +229,8 @@ def rev_lif_inv(y: torch.Tensor, vT: torch.Tensor, stash: torch.Tensor, tau: tor
     cfg = RevLIFConfig(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
                        surrogate_alpha, detach_reset)
     _check_stash(stash, cfg, y.shape[0], y.shape[1] * y.shape[3], "rev_lif_inverse")
-    x, v0, _ = launch_bwd(y, None, vT, stash, None, node_constants(tau, v_threshold, cfg), cfg,
-                          0, y.dtype, None, backend)
+    x, v0, _ = launch_bwd(y, None, vT, stash, None, tau, v_threshold, cfg, 0, y.dtype, None,
+                          backend)
     return x, v0
 
 

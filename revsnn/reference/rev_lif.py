@@ -15,8 +15,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .._config import (F_BITS, POISON_LIMIT, V_MAX, Grid, RevLIFConfig, channel_param,
-                       grid_for, layout_of, node_constants)
+from .._config import (F_BITS, POISON_LIMIT, V_MAX, V_PARAM_MAX, Grid, RevLIFConfig,
+                       channel_param, grid_for, layout_of)
 from ..state import RevLIFState
 from ..surrogate import surrogate_grad
 from .neuron import (charge_dtau, charge_int, charge_real, fire_reset_int, reset_partials,
@@ -31,6 +31,36 @@ def per_group(const: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
     half = const.numel() // 2
     inner = R // half
     return const[:half].repeat_interleave(inner), const[half:].repeat_interleave(inner)
+
+
+class NodeConstants(NamedTuple):
+    """What the kernels derive from tau and v_threshold ([1] or [C] each)."""
+
+    c_tau: torch.Tensor     # int64 round(2**F / tau), 0 for tau = inf (IF)
+    vth_i: torch.Tensor     # int64 round(v_threshold * 2**F)
+    inv_tau: torch.Tensor   # float32 1/tau, for the gradient
+    vth: torch.Tensor       # float32 v_threshold, for the gradient
+    bad: torch.Tensor       # bool: a value out of range (error code 16)
+
+
+def node_constants(tau: torch.Tensor, v_threshold: torch.Tensor,
+                   cfg: RevLIFConfig) -> NodeConstants:
+    """Twin of the kernels' _fixed_params: half-up rounding in float64, tau = 2 and vth = 0
+    standing in for values out of range (tau <= 1 or NaN, tau = inf with decay_input,
+    |vth| > V_PARAM_MAX)."""
+    t = tau.detach().to(torch.float64)
+    v = v_threshold.detach().to(torch.float64)
+    ok = (t > 1.0) & (v.abs() <= V_PARAM_MAX)
+    if cfg.int_decay_input:
+        ok = ok & (t <= torch.finfo(torch.float64).max)
+    c = torch.floor(2 ** F_BITS / torch.where(ok, t, 2.0) + 0.5).long()
+    th = torch.floor(torch.where(ok, v, 0.0) * 2 ** F_BITS + 0.5).long()
+    return NodeConstants(c, th, (1.0 / t).to(torch.float32), v.to(torch.float32), ~ok)
+
+
+def _bad_param_code(consts: NodeConstants, R: int) -> torch.Tensor:
+    bad = per_group(consts.bad, R)
+    return torch.where(bad[0] | bad[1], 16, 0).int()
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -150,15 +180,16 @@ def grad_step(m1, s1, m2, s2, gy1, gy2, g1n, g2n, it, vth, cfg: RevLIFConfig,
                      cfg.beta2 * g2n + (1.0 - it[0]) * gm1, cfg.beta1 * g1t, dtau, dvth)
 
 
-def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], consts, cfg: RevLIFConfig,
+def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
+             v_threshold: torch.Tensor, cfg: RevLIFConfig,
              grid: Grid, write_stash: bool, save_m: bool):
     """Twin of rev_lif_fwd_kernel. x: [T, A, 2, R]; v0: None, int32 or float [A, 2, R];
-    consts: node_constants(...) (c_tau, vth_i, 1/tau, v_threshold), each [1] or [C].
+    tau, v_threshold: float [1] or [C] each.
     Returns y [T, A, 2, R] (x.dtype), final state int32 [A, 2, R], stash int32 [W, A*R]
     (W = 0 unless write_stash) and M int32 [T, A, 2, R] (None unless save_m)."""
     T, A, _, R = x.shape
-    c = per_group(consts[0].long(), R)
-    th = per_group(consts[1].long(), R)
+    consts = node_constants(tau, v_threshold, cfg)
+    c, th = per_group(consts.c_tau, R), per_group(consts.vth_i, R)
     q, ok = quantize_x(x, grid)
     ok = ok.all(dim=2)
     if v0 is None:
@@ -166,6 +197,7 @@ def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], consts, cfg: RevLIFCon
         code = torch.zeros(A, R, dtype=torch.int32, device=x.device)
     else:
         v1, v2, code = _load_state(v0)
+    code = code | _bad_param_code(consts, R)
     yq = torch.empty(T, A, 2, R, dtype=torch.int64, device=x.device)
     m = torch.empty(T, A, 2, R, dtype=torch.int32, device=x.device) if save_m else None
     spw = cfg.steps_per_word
@@ -197,7 +229,8 @@ def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], consts, cfg: RevLIFCon
 
 
 def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Tensor,
-             stash: torch.Tensor, m: Optional[torch.Tensor], consts, cfg: RevLIFConfig,
+             stash: torch.Tensor, m: Optional[torch.Tensor], tau: torch.Tensor,
+             v_threshold: torch.Tensor, cfg: RevLIFConfig,
              grid: Grid, mode: int, out_dtype: torch.dtype, v0_dtype: Optional[torch.dtype],
              param_grad: bool = False):
     """Twin of rev_lif_bwd_kernel. mode 0: returns (x, initial int32 state, None); mode 1:
@@ -207,12 +240,12 @@ def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Te
     T, A, _, R = (m if mode == 2 else y).shape
     one_y = 1 << grid.fy
     acc = _acc(out_dtype)
-    c = per_group(consts[0].long(), R)
-    th = per_group(consts[1].long(), R)
-    it = per_group(consts[2].to(acc), R)
-    vth = per_group(consts[3].to(acc), R)
+    consts = node_constants(tau, v_threshold, cfg)
+    c, th = per_group(consts.c_tau, R), per_group(consts.vth_i, R)
+    it = per_group(consts.inv_tau.to(acc), R)
+    vth = per_group(consts.vth.to(acc), R)
     code = torch.where(vT < POISON_LIMIT, vT.long() + 2 ** 31, 0)
-    code = (code[:, 0] | code[:, 1]).int()
+    code = (code[:, 0] | code[:, 1]).int() | _bad_param_code(consts, R)
     v1n, v2n = vT[:, 0].long(), vT[:, 1].long()
     g1n = torch.zeros(A, R, dtype=acc, device=vT.device)
     g2n = torch.zeros_like(g1n)
@@ -270,12 +303,11 @@ def _split(x: torch.Tensor, dim: int):
 
 
 def _real_params(tau, v_threshold, C: int, R: int, cfg: RevLIFConfig, device):
-    """Per-group float64 tau and v_threshold (differentiable), and node_constants."""
+    """Per-group float64 tau and v_threshold (differentiable), and the [1]/[C] tensors."""
     tau_t = channel_param(tau, "tau", C, device)
     vth_t = channel_param(v_threshold, "v_threshold", C, device)
-    consts = node_constants(tau_t, vth_t, cfg)
     taus = (math.inf, math.inf) if cfg.is_if else per_group(tau_t.to(torch.float64), R)
-    return taus, per_group(vth_t.to(torch.float64), R), consts
+    return taus, per_group(vth_t.to(torch.float64), R), (tau_t, vth_t)
 
 
 def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
@@ -294,9 +326,9 @@ def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
     cfg = RevLIFConfig.build(tau=tau, v_threshold=v_threshold, **node_kwargs)
     grid = grid_for(x.dtype, cfg)
     lay, xv = _split(x, dim)
-    taus, vths, consts = _real_params(tau, v_threshold, x.shape[lay.dim], lay.R, cfg, x.device)
-    c = per_group(consts[0].long(), lay.R)
-    th = per_group(consts[1].long(), lay.R)
+    taus, vths, params = _real_params(tau, v_threshold, x.shape[lay.dim], lay.R, cfg, x.device)
+    consts = node_constants(*params, cfg)
+    c, th = per_group(consts.c_tau, lay.R), per_group(consts.vth_i, lay.R)
     x64 = xv.to(torch.float64)
     q, _ = quantize_x(xv, grid)
 
@@ -317,7 +349,7 @@ def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
         v0v = v0.reshape(lay.A, 2, lay.R)
         v1, v2, _ = _load_state(v0v)
         V1, V2 = st(v1, v0v[:, 0].to(torch.float64)), st(v2, v0v[:, 1].to(torch.float64))
-    y, vT, stash, _ = fwd_twin(xv.detach(), None if v0v is None else v0v.detach(), consts, cfg,
+    y, vT, stash, _ = fwd_twin(xv.detach(), None if v0v is None else v0v.detach(), *params, cfg,
                                grid, write_stash=True, save_m=False)
     ys = []
     for t in range(lay.T):

@@ -14,7 +14,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from revsnn._config import LIFConfig, RevLIFConfig, node_constants
+from revsnn._config import LIFConfig, RevLIFConfig
 from revsnn.ops import _dispatch
 from revsnn.ops import lif as lif_op
 from revsnn.ops import rev_lif as op
@@ -71,29 +71,30 @@ def compile_rev_lif():
     options = [dict(), dict(v_reset=None, surrogate="atan", detach_reset=True),
                dict(tau=math.inf, beta1=-1.0, beta2=1.0), dict(decay_input=False, alpha=-0.25)]
     # every dtype with the default options, every option set in float32; scalar (C = 1) and
-    # per-channel (C = 4) tau / v_threshold
+    # per-channel (C = 4) tau / v_threshold, and one of each
     cases = [(options[0], d) for d in (torch.float16, torch.bfloat16, torch.float64)]
-    for (kw, dtype), C in itertools.product(
-            [(k, torch.float32) for k in options] + cases, (1, 4)):
+    for (kw, dtype), (C_tau, C_vth) in itertools.product(
+            [(k, torch.float32) for k in options] + cases, ((1, 1), (4, 4), (1, 4), (4, 1))):
         cfg = RevLIFConfig.build(**kw)
-        consts = node_constants(torch.full((C,), 2.0), torch.ones(C), cfg)
-        compile_all(torch.zeros(3, 2, 2, 5, dtype=dtype), consts, cfg, dtype)
+        params = (torch.full((C_tau,), 2.0), torch.ones(C_vth), cfg)
+        compile_all(torch.zeros(3, 2, 2, 5, dtype=dtype), params, dtype)
 
 
-def compile_all(x, consts, cfg, dtype):
+def compile_all(x, params, dtype):
     """Every launch the op makes for this configuration: forward with each initial-state kind,
     forward saving M, inverse, fused backward (with and without v0/parameter gradients) and
     the backward over saved M."""
+    cfg = params[-1]
     for v0 in (None, torch.zeros(2, 2, 5, dtype=torch.int32), torch.zeros(2, 2, 5)):
-        y, vT, stash, _ = op.launch_fwd(x, v0, consts, cfg, True, False, "triton")
-    op.launch_fwd(x, None, consts, cfg, False, True, "triton")
+        y, vT, stash, _ = op.launch_fwd(x, v0, *params, True, False, "triton")
+    op.launch_fwd(x, None, *params, False, True, "triton")
     stash = torch.zeros(cfg.stash_words(3), 10, dtype=torch.int32)
     m = torch.zeros(x.shape, dtype=torch.int32)
-    op.launch_bwd(y, None, vT, stash, None, consts, cfg, 0, dtype, None, "triton")
+    op.launch_bwd(y, None, vT, stash, None, *params, 0, dtype, None, "triton")
     for v0_dtype in (None, torch.float32 if dtype != torch.float64 else dtype):
-        op.launch_bwd(y, y, vT, stash, None, consts, cfg, 1, dtype, v0_dtype, "triton",
+        op.launch_bwd(y, y, vT, stash, None, *params, 1, dtype, v0_dtype, "triton",
                       param_grad=v0_dtype is not None)
-        op.launch_bwd(None, y, vT, stash, m, consts, cfg, 2, dtype, v0_dtype, "triton")
+        op.launch_bwd(None, y, vT, stash, m, *params, 2, dtype, v0_dtype, "triton")
 
 
 
