@@ -11,6 +11,8 @@ from .._config import BACKENDS
 
 BLOCK = 256
 """Neurons (pairs, for the reversible node) per Triton program."""
+NUM_WARPS = 4
+"""Warps per program. The launchers read both at call time: bench/sweep.py varies them."""
 
 
 def interpreting() -> bool:
@@ -38,6 +40,11 @@ def use_triton(x: torch.Tensor, backend: str) -> bool:
 def kernels_module(name: str):
     """revsnn.kernels.<name>, imported on first use so that `import revsnn` needs no triton."""
     return importlib.import_module(f"revsnn.kernels.{name}")
+
+
+def launch_options() -> dict:
+    """The block size and warps every kernel launch uses (read now, not at import)."""
+    return dict(BLOCK=BLOCK, num_warps=NUM_WARPS)
 
 
 def grid_1d(n: int) -> tuple[int]:

@@ -19,7 +19,7 @@ import torch
 
 from .._config import LIFConfig
 from ..reference import lif as twin
-from ._dispatch import BLOCK, grid_1d, kernels_module, use_triton
+from ._dispatch import grid_1d, kernels_module, launch_options, use_triton
 
 # The node's scalar options, in the order every custom op below takes them.
 NODE_ARGS = ("decay_input", "v_reset", "surrogate", "surrogate_alpha", "detach_reset")
@@ -65,7 +65,7 @@ def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau, tau_value: floa
         kernels_module("lif").lif_fwd_kernel[grid_1d(N)](
             x, vT if v0 is None else v0, spikes, vT, h if save_h else vT, *ptrs, T, N, C, I,
             *scalars, DECAY_INPUT=cfg.decay_input, HARD=cfg.hard_reset, HAS_V0=v0 is not None,
-            SAVE_H=save_h, F64=acc == torch.float64, BLOCK=BLOCK, enable_fp_fusion=False,
+            SAVE_H=save_h, F64=acc == torch.float64, **launch_options(), enable_fp_fusion=False,
             **modes)
     return spikes, vT, h
 
@@ -95,7 +95,7 @@ def launch_bwd(gs: torch.Tensor, gv: torch.Tensor, h: torch.Tensor, v0: Optional
             gv if g_vth is None else g_vth, *ptrs, T, N, C, I, (T - 1) * N, *scalars,
             cfg.surrogate_alpha, DECAY_INPUT=cfg.decay_input, HARD=cfg.hard_reset,
             DETACH_RESET=cfg.detach_reset, SURROGATE=cfg.surrogate_id, HAS_V0=v0 is not None,
-            GRAD_TAU=grad_tau, GRAD_VTH=grad_vth, F64=h.dtype == torch.float64, BLOCK=BLOCK,
+            GRAD_TAU=grad_tau, GRAD_VTH=grad_vth, F64=h.dtype == torch.float64, **launch_options(),
             **modes)
     return gx, gv0, g_tau, g_vth
 

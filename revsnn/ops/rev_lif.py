@@ -15,7 +15,7 @@ import torch
 from .._config import F_BITS, RevLIFConfig, grid_for
 from ..reference import rev_lif as twin
 from ..state import RevLIFState
-from ._dispatch import BLOCK, grid_1d, kernels_module, use_triton
+from ._dispatch import grid_1d, kernels_module, launch_options, use_triton
 
 # The scalar node options, in the order every custom op below takes them (RevLIFConfig's).
 NODE_ARGS = tuple(f.name for f in fields(RevLIFConfig))
@@ -56,7 +56,7 @@ def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
             cfg.vr_i, grid.x_scale, float(grid.qmax),
             V0_MODE=0 if v0 is None else (1 if v0.dtype == torch.int32 else 2),
             WRITE_STASH=write_stash and cfg.steps_per_word > 0, SAVE_M=save_m,
-            ACC_F64=x.dtype == torch.float64, BLOCK=BLOCK, **nc)
+            ACC_F64=x.dtype == torch.float64, **launch_options(), **nc)
     return y, vT, stash, m
 
 
@@ -94,7 +94,7 @@ def launch_bwd(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.
             cfg.beta1, cfg.beta2, cfg.surrogate_alpha,
             MODE=mode, SURROGATE=cfg.surrogate_id, DETACH_RESET=cfg.detach_reset,
             WRITE_V0=v0 is not None, PARAM_GRAD=param_grad,
-            ACC_F64=out_dtype == torch.float64, BLOCK=BLOCK, **nc)
+            ACC_F64=out_dtype == torch.float64, **launch_options(), **nc)
     elif pg is not None:
         pg.zero_()
     return out, v0, pg

@@ -1,0 +1,141 @@
+"""Launch-configuration sweep of the reversible node's kernels, and where its time goes (GPU only).
+
+    python -m bench.sweep [--quick]
+
+For each shape: the raw forward kernel (writing the stash) and fused backward kernel under each
+(BLOCK, num_warps), timed with ``triton.testing.do_bench`` medians next to a device-to-device
+copy of x, with registers and spills of each compiled kernel and a check that every
+configuration gives the same bits; then the whole autograd call (``revsnn.functional.rev_lif``
+and its backward) at the default configuration, whose excess over the raw kernels is host time
+the device waited for; then a ``torch.profiler`` table of one forward + backward.
+Bytes counted: forward reads x and writes y and the stash; backward reads y, the output gradient
+and the stash and writes the input gradient (the final state is negligible).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from revsnn._config import RevLIFConfig, channel_param
+from revsnn.functional import rev_lif
+from revsnn.ops import _dispatch
+from revsnn.ops import rev_lif as op
+
+CONFIGS = [(128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (1024, 8)]
+
+
+def _compiled(kernel, launch):
+    """The CompiledKernel a launch used (Triton's run returns it)."""
+    got = []
+    run = kernel.run
+
+    def capture(*a, **k):
+        got.append(run(*a, **k))
+        return got[-1]
+    kernel.run = capture
+    try:
+        launch()
+    finally:
+        kernel.run = run
+    return got[-1]
+
+
+def _resources(k) -> tuple:
+    """(registers, spills) of a compiled kernel ("-" under the interpreter)."""
+    return getattr(k, "n_regs", "-"), getattr(k, "n_spills", "-")
+
+
+def sweep(shape, configs, bench, device="cuda"):
+    T, B, C = shape
+    x = torch.randn(shape, device=device) * 1.5 + 0.3
+    x4 = x.view(T, B, 2, C // 2)
+    cfg = RevLIFConfig.build()
+    tau = channel_param(2.0, "tau", C, x.device)
+    vth = channel_param(1.0, "v_threshold", C, x.device)
+    dst = torch.empty_like(x)
+    copy_ms = bench(lambda: dst.copy_(x))
+    copy_gbps = 2 * x.nbytes / copy_ms / 1e6
+    print(f"\n### shape {list(shape)} float32: copy {copy_ms:.3f} ms = {copy_gbps:.0f} GB/s")
+    print("| BLOCK | warps | fwd_ms | fwd_GBps | fwd/copy | bwd_ms | bwd_GBps | bwd/copy "
+          "| regs fwd/bwd | spills fwd/bwd | same bits |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    mod = op.kernels_module("rev_lif")
+    gy = torch.randn_like(x4)
+    ref = None
+    default = (_dispatch.BLOCK, _dispatch.NUM_WARPS)
+    for block, warps in configs:
+        _dispatch.BLOCK, _dispatch.NUM_WARPS = block, warps
+        try:
+            def fwd():
+                return op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")
+            kf = _compiled(mod.rev_lif_fwd_kernel, fwd)
+            y, vT, stash, _ = fwd()
+
+            def bwd():
+                return op.launch_bwd(y, gy, vT, stash, None, tau, vth, cfg, 1, x.dtype, None,
+                                     "triton")
+            kb = _compiled(mod.rev_lif_bwd_kernel, bwd)
+            gx = bwd()[0]
+            bits = (y, vT, stash, gx)
+            same = ref is None or all(torch.equal(a, b) for a, b in zip(bits, ref))
+            ref = ref or bits
+            t_f, t_b = bench(fwd), bench(bwd)
+            rf, rb = _resources(kf), _resources(kb)
+            f_bytes = 2 * x.nbytes + stash.nbytes
+            b_bytes = 3 * x.nbytes + stash.nbytes
+            print(f"| {block} | {warps} | {t_f:.3f} | {f_bytes / t_f / 1e6:.0f} | "
+                  f"{f_bytes / t_f / 1e6 / copy_gbps:.2f} | {t_b:.3f} | "
+                  f"{b_bytes / t_b / 1e6:.0f} | {b_bytes / t_b / 1e6 / copy_gbps:.2f} | "
+                  f"{rf[0]}/{rb[0]} | {rf[1]}/{rb[1]} | {same} |")
+            del y, vT, stash, gx, bits
+        finally:
+            _dispatch.BLOCK, _dispatch.NUM_WARPS = default
+    xg = x.clone().requires_grad_()
+    g = torch.randn_like(x)
+
+    def call():
+        return rev_lif(xg, backend="triton")[0]
+
+    def call_bwd():
+        call().backward(g)
+        xg.grad = None
+    t_call, t_call_b = bench(call), bench(call_bwd)
+    print(f"\nautograd call at BLOCK {default[0]}, {default[1]} warps: forward {t_call:.3f} ms, "
+          f"forward + backward {t_call_b:.3f} ms (raw kernels above: the difference is host time "
+          f"the device waited for)")
+    return call_bwd
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="two configurations, one shape")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench.sweep needs a CUDA GPU")
+        return 1
+    import triton.testing
+
+    def bench(fn):
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    configs = CONFIGS[2:4] if args.quick else CONFIGS
+    shapes = [(16, 256, 65536)] if args.quick else [(16, 256, 65536), (4, 64, 65536)]
+    step = None
+    for shape in shapes:
+        step = sweep(shape, configs, bench)
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    print(f"\n### profile: 3 x forward + backward, shape {list(shapes[-1])}\n")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12,
+                                    max_name_column_width=50))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
