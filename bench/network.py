@@ -189,8 +189,9 @@ def run(ctx: Context) -> list:
                                          else "kept for backward (CPU, exact)"), COLUMNS,
         notes=["kept_MiB: bytes autograd keeps for backward in one forward (parameters and "
                "buffers excluded). peak_MiB (GPU): torch.cuda.max_memory_allocated over one "
-               "SGD step, above what was allocated before the model was built. sj_over_this: SpikingJelly's figure / this row's, same model, T, "
-               "batch (the paper's headline ratio). Reversible variants are smaller networks "
+               "SGD step, above what was allocated before the model was built. sj_over_this: "
+               "SpikingJelly's figure / this row's, same model, T, batch (the paper's headline "
+               "ratio). Reversible variants are smaller networks "
                "(revsnn.models documents their parameter counts)."])
     fits = ctx.table(
         "network_fit", f"Largest batch and T within {ctx.budget_gib:g} GiB (fitted linear model)",

@@ -63,9 +63,9 @@ def sweep(shape, configs, bench, device="cuda"):
     mod = op.kernels_module("rev_lif")
     gy = torch.randn_like(x4)
     ref = None
-    default = (_dispatch.BLOCK, _dispatch.NUM_WARPS)
+    default = _dispatch.LAUNCH["rev_lif"]
     for block, warps in configs:
-        _dispatch.BLOCK, _dispatch.NUM_WARPS = block, warps
+        _dispatch.LAUNCH["rev_lif"] = (block, warps)
         try:
             def fwd():
                 return op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")
@@ -90,7 +90,7 @@ def sweep(shape, configs, bench, device="cuda"):
                   f"{rf[0]}/{rb[0]} | {rf[1]}/{rb[1]} | {same} |")
             del y, vT, stash, gx, bits
         finally:
-            _dispatch.BLOCK, _dispatch.NUM_WARPS = default
+            _dispatch.LAUNCH["rev_lif"] = default
     xg = x.clone().requires_grad_()
     g = torch.randn_like(x)
 

@@ -107,7 +107,7 @@ def lif(x: torch.Tensor, v: Optional[torch.Tensor] = None, *, tau: Param = 2.0,
     records = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, v0, tau_t, vth_t))
     T, N = x.shape[0], math.prod(x.shape[1:])
-    spikes, v_last, _ = torch.ops.revsnn.lif_fwd(
+    spikes, v_last, _ = _op.apply_lif(
         x.reshape(T, N).contiguous(), v0, tau_t, 0.0 if tau_t is not None else float(tau),
         vth_t, 0.0 if vth_t is not None else float(v_threshold),
         *(getattr(cfg, k) for k in _op.NODE_ARGS), C, I, records, backend)

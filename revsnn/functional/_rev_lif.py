@@ -107,8 +107,8 @@ def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
                          "the stash (|beta| < 1); use keep_stash=None")
     write_stash = records if keep_stash is None else bool(keep_stash)
     x4 = x.reshape(lay.T, lay.A, 2, lay.R).contiguous()
-    y, vT, stash = torch.ops.revsnn.rev_lif_fwd(x4, v0, tau_t, vth_t, *_node_args(cfg),
-                                                write_stash, backward, backend)
+    y, vT, stash = _op.apply_rev_lif(x4, v0, tau_t, vth_t, *_node_args(cfg), write_stash,
+                                     backward, backend)
     out = RevLIFState(vT.view(x.shape[1:]), stash)
     if validate:
         out.check("rev_lif")

@@ -9,10 +9,11 @@ import torch
 
 from .._config import BACKENDS
 
-BLOCK = 256
-"""Neurons (pairs, for the reversible node) per Triton program."""
-NUM_WARPS = 4
-"""Warps per program. The launchers read both at call time: bench/sweep.py varies them."""
+LAUNCH = {"rev_lif": (128, 4), "lif": (256, 4)}
+"""(BLOCK, num_warps) of each op's kernels: neurons (pairs, for the reversible node) per program,
+and warps. The reversible node runs one pair per thread: on an H200 that used 37 registers
+against 64 to 72 with two pairs per thread and ran its backward 1.4x faster (bench/sweep.py,
+bench/RESULTS.md). Read at each launch, so that the sweep can vary it."""
 
 
 def interpreting() -> bool:
@@ -42,11 +43,31 @@ def kernels_module(name: str):
     return importlib.import_module(f"revsnn.kernels.{name}")
 
 
-def launch_options() -> dict:
-    """The block size and warps every kernel launch uses (read now, not at import)."""
-    return dict(BLOCK=BLOCK, num_warps=NUM_WARPS)
+def launch_options(op: str) -> dict:
+    """BLOCK and num_warps of the kernels of ``op`` (a key of LAUNCH)."""
+    block, warps = LAUNCH[op]
+    return dict(BLOCK=block, num_warps=warps)
 
 
-def grid_1d(n: int) -> tuple[int]:
-    """One program per BLOCK elements."""
-    return (-(-n // BLOCK),)
+def grid_1d(n: int, op: str) -> tuple[int]:
+    """One program per BLOCK elements of ``op``'s kernels."""
+    return (-(-n // LAUNCH[op][0]),)
+
+
+def differentiable(op, packet, setup_context, backward):
+    """Register ``op``'s autograd (custom op ``op``, ``packet`` its ``torch.ops`` entry) and
+    return a differentiable callable with its arguments. torch.compile traces the registered
+    op; eager calls go through an equivalent ``torch.autograd.Function``, whose dispatch costs a
+    fraction of register_autograd's (about 60 us less per forward on the CPU of
+    bench/RESULTS.md)."""
+    op.register_autograd(backward, setup_context=setup_context)
+    function = type(f"{packet.__name__}_function", (torch.autograd.Function,), dict(
+        forward=staticmethod(lambda *args: packet(*args)),
+        setup_context=staticmethod(setup_context),
+        backward=staticmethod(backward)))
+
+    def apply(*args):
+        if torch.compiler.is_compiling():
+            return packet(*args)
+        return function.apply(*args)
+    return apply

@@ -19,7 +19,8 @@ import torch
 
 from .._config import LIFConfig
 from ..reference import lif as twin
-from ._dispatch import grid_1d, kernels_module, launch_options, use_triton
+from ._dispatch import (differentiable, grid_1d, kernels_module, launch_options,
+                        use_triton)
 
 # The node's scalar options, in the order every custom op below takes them.
 NODE_ARGS = ("decay_input", "v_reset", "surrogate", "surrogate_alpha", "detach_reset")
@@ -62,11 +63,11 @@ def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau, tau_value: floa
     h = torch.empty(T if save_h else 0, N, dtype=acc, device=x.device)
     if N:
         ptrs, scalars, modes = _kernel_params(tau, tau_value, vth, vth_value, cfg, acc, vT)
-        kernels_module("lif").lif_fwd_kernel[grid_1d(N)](
+        kernels_module("lif").lif_fwd_kernel[grid_1d(N, "lif")](
             x, vT if v0 is None else v0, spikes, vT, h if save_h else vT, *ptrs, T, N, C, I,
             *scalars, DECAY_INPUT=cfg.decay_input, HARD=cfg.hard_reset, HAS_V0=v0 is not None,
-            SAVE_H=save_h, F64=acc == torch.float64, **launch_options(), enable_fp_fusion=False,
-            **modes)
+            SAVE_H=save_h, F64=acc == torch.float64, enable_fp_fusion=False, **modes,
+            **launch_options("lif"))
     return spikes, vT, h
 
 
@@ -81,7 +82,7 @@ def launch_bwd(gs: torch.Tensor, gv: torch.Tensor, h: torch.Tensor, v0: Optional
     T, N = h.shape
     gx = torch.empty(T, N, dtype=gs.dtype, device=h.device)
     gv0 = torch.empty_like(gv)
-    grid = grid_1d(N)
+    grid = grid_1d(N, "lif")
 
     def partials(p, wanted):
         # one per program for a one-element parameter, one per neuron for a per-channel one
@@ -95,8 +96,8 @@ def launch_bwd(gs: torch.Tensor, gv: torch.Tensor, h: torch.Tensor, v0: Optional
             gv if g_vth is None else g_vth, *ptrs, T, N, C, I, (T - 1) * N, *scalars,
             cfg.surrogate_alpha, DECAY_INPUT=cfg.decay_input, HARD=cfg.hard_reset,
             DETACH_RESET=cfg.detach_reset, SURROGATE=cfg.surrogate_id, HAS_V0=v0 is not None,
-            GRAD_TAU=grad_tau, GRAD_VTH=grad_vth, F64=h.dtype == torch.float64, **launch_options(),
-            **modes)
+            GRAD_TAU=grad_tau, GRAD_VTH=grad_vth, F64=h.dtype == torch.float64, **modes,
+            **launch_options("lif"))
     return gx, gv0, g_tau, g_vth
 
 
@@ -184,4 +185,5 @@ def _backward(ctx, gs, gv, _gh):
              g_vth if ctx.grad_vth else None) + (None,) * 10)
 
 
-lif_fwd.register_autograd(_backward, setup_context=_setup_context)
+apply_lif = differentiable(lif_fwd, torch.ops.revsnn.lif_fwd, _setup_context, _backward)
+"""``lif_fwd`` with autograd: its arguments; differentiable in x, v0, tau and v_threshold."""

@@ -15,7 +15,8 @@ import torch
 from .._config import F_BITS, RevLIFConfig, grid_for
 from ..reference import rev_lif as twin
 from ..state import RevLIFState
-from ._dispatch import grid_1d, kernels_module, launch_options, use_triton
+from ._dispatch import (differentiable, grid_1d, kernels_module, launch_options,
+                        use_triton)
 
 # The scalar node options, in the order every custom op below takes them (RevLIFConfig's).
 NODE_ARGS = tuple(f.name for f in fields(RevLIFConfig))
@@ -49,14 +50,14 @@ def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
     m = torch.empty(x.shape, dtype=torch.int32, device=x.device) if save_m else None
     if P:
         nc = _node_consts(cfg, grid, tau, vth, R)
-        kernels_module("rev_lif").rev_lif_fwd_kernel[grid_1d(P)](
+        kernels_module("rev_lif").rev_lif_fwd_kernel[grid_1d(P, "rev_lif")](
             x, vT if v0 is None else v0, y, vT, stash if write_stash else vT,
             vT if m is None else m, tau, vth,
             T, P, R, 2 * P, nc.pop("INNER"), nc.pop("HALF_C"),
             cfg.vr_i, grid.x_scale, float(grid.qmax),
             V0_MODE=0 if v0 is None else (1 if v0.dtype == torch.int32 else 2),
             WRITE_STASH=write_stash and cfg.steps_per_word > 0, SAVE_M=save_m,
-            ACC_F64=x.dtype == torch.float64, **launch_options(), **nc)
+            ACC_F64=x.dtype == torch.float64, **launch_options("rev_lif"), **nc)
     return y, vT, stash, m
 
 
@@ -84,7 +85,7 @@ def launch_bwd(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.
     if P:
         spw = cfg.steps_per_word
         nc = _node_consts(cfg, grid, tau, vth, R)
-        kernels_module("rev_lif").rev_lif_bwd_kernel[grid_1d(P)](
+        kernels_module("rev_lif").rev_lif_bwd_kernel[grid_1d(P, "rev_lif")](
             ref if y is None else y, out if gy is None else gy, vT,
             stash if stash.numel() else vT, out if m is None else m, out,
             vT if v0 is None else v0, out if pg is None else pg, tau, vth,
@@ -94,7 +95,7 @@ def launch_bwd(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.
             cfg.beta1, cfg.beta2, cfg.surrogate_alpha,
             MODE=mode, SURROGATE=cfg.surrogate_id, DETACH_RESET=cfg.detach_reset,
             WRITE_V0=v0 is not None, PARAM_GRAD=param_grad,
-            ACC_F64=out_dtype == torch.float64, **launch_options(), **nc)
+            ACC_F64=out_dtype == torch.float64, **launch_options("rev_lif"), **nc)
     elif pg is not None:
         pg.zero_()
     return out, v0, pg
@@ -216,7 +217,9 @@ def _backward(ctx, gy, _g_state, _g_stash):
             g_vth.to(v_threshold.dtype) if ctx.needs_input_grad[3] else None) + (None,) * 12
 
 
-rev_lif_fwd.register_autograd(_backward, setup_context=_setup_context)
+apply_rev_lif = differentiable(rev_lif_fwd, torch.ops.revsnn.rev_lif_fwd, _setup_context,
+                               _backward)
+"""``rev_lif_fwd`` with autograd: its arguments; differentiable in x, v0, tau, v_threshold."""
 
 
 @torch.library.custom_op("revsnn::rev_lif_inv", mutates_args=())
