@@ -1,13 +1,14 @@
 """Launch-configuration sweep of the reversible node's kernels, and where its time goes (GPU only).
 
-    python -m bench.sweep [--quick]
+    python -m bench.sweep [--quick] [--baseline DIR]
 
 For each shape: the raw forward kernel (writing the stash) and fused backward kernel under each
-(BLOCK, num_warps), timed with ``triton.testing.do_bench`` medians next to a device-to-device
-copy of x, with registers and spills of each compiled kernel and a check that every
-configuration gives the same bits; then the whole autograd call (``revsnn.functional.rev_lif``
-and its backward) at the default configuration, whose excess over the raw kernels is host time
-the device waited for; then a ``torch.profiler`` table of one forward + backward.
+(BLOCK, num_warps), and with ``--baseline DIR`` those of another copy of kernels/ (an earlier
+revision, for an A/B in one run), timed with ``triton.testing.do_bench`` medians next to a
+device-to-device copy of x, with registers and spills of each compiled kernel and a check that
+every row gives the same bits; then the whole autograd call (``revsnn.functional.rev_lif`` and
+its backward) at the default configuration, whose excess over the raw kernels is host time the
+device waited for; then a ``torch.profiler`` table of one forward + backward.
 Bytes counted: forward reads x and writes y and the stash; backward reads y, the output gradient
 and the stash and writes the input gradient (the final state is negligible).
 """
@@ -22,7 +23,7 @@ from revsnn.functional import rev_lif
 from revsnn.ops import _dispatch
 from revsnn.ops import rev_lif as op
 
-CONFIGS = [(128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (1024, 8)]
+CONFIGS = [(128, 4), (256, 4), (256, 8), (128, 2), (512, 8)]
 
 
 def _compiled(kernel, launch):
@@ -46,7 +47,18 @@ def _resources(k) -> tuple:
     return getattr(k, "n_regs", "-"), getattr(k, "n_spills", "-")
 
 
-def sweep(shape, configs, bench, device="cuda"):
+def load_kernels(path: str):
+    """A kernels package at ``path`` (a copy of kernels/ from another revision: rev_lif.py and
+    what it imports), to time against the current one in the same run."""
+    import importlib
+    import sys
+    from pathlib import Path
+    where = Path(path).resolve()
+    sys.path.insert(0, str(where.parent))
+    return importlib.import_module(f"{where.name}.rev_lif")
+
+
+def sweep(shape, configs, bench, device="cuda", baseline=None):
     T, B, C = shape
     x = torch.randn(shape, device=device) * 1.5 + 0.3
     x4 = x.view(T, B, 2, C // 2)
@@ -57,15 +69,19 @@ def sweep(shape, configs, bench, device="cuda"):
     copy_ms = bench(lambda: dst.copy_(x))
     copy_gbps = 2 * x.nbytes / copy_ms / 1e6
     print(f"\n### shape {list(shape)} float32: copy {copy_ms:.3f} ms = {copy_gbps:.0f} GB/s")
-    print("| BLOCK | warps | fwd_ms | fwd_GBps | fwd/copy | bwd_ms | bwd_GBps | bwd/copy "
+    print("| kernels | BLOCK | warps | fwd_ms | fwd_GBps | fwd/copy | bwd_ms | bwd_GBps | bwd/copy "
           "| regs fwd/bwd | spills fwd/bwd | same bits |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    mod = op.kernels_module("rev_lif")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    current = op.kernels_module
     gy = torch.randn_like(x4)
     ref = None
     default = _dispatch.LAUNCH["rev_lif"]
-    for block, warps in configs:
+    rows = [("current", current("rev_lif"), c) for c in configs]
+    if baseline is not None:
+        rows += [("baseline", baseline, default)]
+    for label, mod, (block, warps) in rows:
         _dispatch.LAUNCH["rev_lif"] = (block, warps)
+        op.kernels_module = lambda name, mod=mod: mod
         try:
             def fwd():
                 return op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")
@@ -84,13 +100,14 @@ def sweep(shape, configs, bench, device="cuda"):
             rf, rb = _resources(kf), _resources(kb)
             f_bytes = 2 * x.nbytes + stash.nbytes
             b_bytes = 3 * x.nbytes + stash.nbytes
-            print(f"| {block} | {warps} | {t_f:.3f} | {f_bytes / t_f / 1e6:.0f} | "
+            print(f"| {label} | {block} | {warps} | {t_f:.3f} | {f_bytes / t_f / 1e6:.0f} | "
                   f"{f_bytes / t_f / 1e6 / copy_gbps:.2f} | {t_b:.3f} | "
                   f"{b_bytes / t_b / 1e6:.0f} | {b_bytes / t_b / 1e6 / copy_gbps:.2f} | "
                   f"{rf[0]}/{rb[0]} | {rf[1]}/{rb[1]} | {same} |")
             del y, vT, stash, gx, bits
         finally:
             _dispatch.LAUNCH["rev_lif"] = default
+            op.kernels_module = current
     xg = x.clone().requires_grad_()
     g = torch.randn_like(x)
 
@@ -110,6 +127,8 @@ def sweep(shape, configs, bench, device="cuda"):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two configurations, one shape")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also time this copy of kernels/ (at the default launch options)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench.sweep needs a CUDA GPU")
@@ -119,11 +138,12 @@ def main(argv=None) -> int:
     def bench(fn):
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    configs = CONFIGS[2:4] if args.quick else CONFIGS
+    configs = CONFIGS[:2] if args.quick else CONFIGS
     shapes = [(16, 256, 65536)] if args.quick else [(16, 256, 65536), (4, 64, 65536)]
     step = None
+    baseline = load_kernels(args.baseline) if args.baseline else None
     for shape in shapes:
-        step = sweep(shape, configs, bench)
+        step = sweep(shape, configs, bench, baseline=baseline)
     from torch.profiler import ProfilerActivity, profile
     step()
     torch.cuda.synchronize()

@@ -1,7 +1,9 @@
 """Neuron dynamics shared by the Triton kernels.
 
-Fixed-point functions take int64 values in units of 2**-F; their torch twins are in
-``revsnn/reference/neuron.py`` and must round identically (both use only integer operations).
+Fixed-point functions take int32 values in units of 2**-F (products are formed in int64);
+their torch twins are in ``revsnn/reference/neuron.py`` (int64 throughout) and must round
+identically: both use only integer operations, and every int32 value here is in range while the
+node's state is (kernels/rev_lif.py bounds them).
 """
 import triton
 import triton.language as tl
@@ -9,13 +11,16 @@ import triton.language as tl
 
 @triton.jit
 def mul_round(a, c, F: tl.constexpr):
-    """(a * c) / 2**F rounded to nearest (ties up): a product with a non-power-of-two constant."""
-    return (a * c + (1 << (F - 1))) >> F
+    """(a * c) / 2**F rounded to nearest (ties up): a product with a non-power-of-two constant.
+    a, c int32 with |c| <= 2**F: the product is int64 (one widening multiply), the result int32."""
+    return ((a.to(tl.int64) * c + (1 << (F - 1))) >> F).to(tl.int32)
 
 
 @triton.jit
 def charge(v, i, c_tau, vr, F: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """M = V + (I - (V - vr))/tau with decay_input, else V - (V - vr)/tau + I (c_tau = 0: IF)."""
+    """M = V + (I - (V - vr))/tau with decay_input, else V - (V - vr)/tau + I (c_tau = 0: IF).
+    int32: with |V| < 2**30, |I| <= 2**28 and |vr| <= 2**24, M = V(1 - c) + (I + vr)c (or
+    V(1 - c) + vr c + I), c = c_tau/2**F in [0, 1], so |M| < 2**30 + 2**28 + 1: no overflow."""
     if DECAY_INPUT:
         m = v + mul_round(i - v + vr, c_tau, F)
     else:

@@ -7,6 +7,13 @@ no index is ever formed as t*N in 32 bits.
 
 Integer units: potentials 2**-F; y 2**-FY (yq = S*2**FY + ALPHA_SIGN*q); x 2**-(FY + a) (q).
 A state word below -2**30 is a poison marker INT32_MIN + code (revsnn/_config.py ERROR_CODES).
+
+Arithmetic is int32 (the twin's is int64: the same values while they are in range): the input
+grid bounds |q << X_SHIFT| and |yq << (F - FY)| by 2**28, a healthy potential by V_MAX < 2**30,
+and then charge and reset cannot overflow (kernels/neuron.py). Only the coupling sums V1new,
+V2new (up to about 2**31.2) and their inverses are formed in int64, where their range check
+needs the exact value; a pair that fails any check is flagged, and its later values are not
+specified (they may wrap, unlike the twin's).
 """
 import triton
 import triton.language as tl
@@ -19,6 +26,7 @@ POISON_LIMIT = tl.constexpr(-1073741824)
 V_PARAM_MAX = tl.constexpr(64.0)       # revsnn/_config.py
 F64_MAX = tl.constexpr(1.7976931348623157e308)
 BAD_PARAM = tl.constexpr(16)           # error code: tau or v_threshold out of range
+INPUT_LIMIT = tl.constexpr(1 << 28)    # |charge input| <= 2**INPUT_BITS (revsnn/_config.py)
 
 
 @triton.jit
@@ -33,7 +41,7 @@ def _to_acc(v, ACC_F64: tl.constexpr):
 @triton.jit
 def _poison(v, code):
     """Final-state word: v, or INT32_MIN + code where code != 0."""
-    return tl.where(code != 0, code - 2147483647 - 1, v.to(tl.int32))
+    return tl.where(code != 0, code - 2147483647 - 1, v)
 
 
 @triton.jit
@@ -44,19 +52,18 @@ def _poison_code(w):
 
 @triton.jit
 def _load_state(v0_ptr, off, mask, F: tl.constexpr, V0_MODE: tl.constexpr):
-    """Initial potential (int64) and error code; V0_MODE 0: zeros, 1: int32 state, 2: float."""
+    """Initial potential (int32) and error code; V0_MODE 0: zeros, 1: int32 state, 2: float."""
     if V0_MODE == 0:
-        v = tl.zeros(off.shape, dtype=tl.int64)
+        v = tl.zeros(off.shape, dtype=tl.int32)
         code = tl.zeros(off.shape, dtype=tl.int32)
     elif V0_MODE == 1:
-        w = tl.load(v0_ptr + off, mask=mask, other=0)
-        code = _poison_code(w)
-        v = w.to(tl.int64)
+        v = tl.load(v0_ptr + off, mask=mask, other=0)
+        code = _poison_code(v)
     else:
         # float64 makes v*2**F + 0.5 exact, so this is round-half-up on every device
         f = tl.load(v0_ptr + off, mask=mask, other=0).to(tl.float64) * (1 << F) + 0.5
         ok = tl.abs(f) <= V_MAX
-        v = tl.where(ok, tl.floor(f), 0).to(tl.int64)
+        v = tl.where(ok, tl.floor(f), 0).to(tl.int32)
         code = tl.where(ok, 0, 4)
     return v, code
 
@@ -86,7 +93,7 @@ def _per_group(ptr, r, mask, INNER, HALF_C, PER_CH: tl.constexpr):
 
 @triton.jit
 def _fixed_params(tau, vth, F: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """c_tau = round(2**F / tau) and vth_i = round(vth * 2**F), int64, half up, in float64 (the
+    """c_tau = round(2**F / tau) and vth_i = round(vth * 2**F), int32, half up, in float64 (the
     same on every device), and whether both are in range: tau > 1 (inf, c_tau = 0, is the IF
     neuron, valid without decay_input only) and |vth| <= V_PARAM_MAX. Out of range, tau = 2
     and vth = 0 stand in (the state is flagged)."""
@@ -95,8 +102,8 @@ def _fixed_params(tau, vth, F: tl.constexpr, DECAY_INPUT: tl.constexpr):
     ok = (t > 1.0) & (tl.abs(v) <= V_PARAM_MAX)
     if DECAY_INPUT:
         ok = ok & (t <= F64_MAX)
-    c = tl.floor((1 << F) / tl.where(ok, t, 2.0) + 0.5).to(tl.int64)
-    th = tl.floor(tl.where(ok, v, 0.0) * (1 << F) + 0.5).to(tl.int64)
+    c = tl.floor((1 << F) / tl.where(ok, t, 2.0) + 0.5).to(tl.int32)
+    th = tl.floor(tl.where(ok, v, 0.0) * (1 << F) + 0.5).to(tl.int32)
     return c, th, ok
 
 
@@ -144,38 +151,43 @@ def rev_lif_fwd_kernel(
         qf2 = tl.floor(_to_acc(tl.load(xp + R, mask=mask, other=0), ACC_F64) * x_scale + 0.5)
         ok = (tl.abs(qf1) <= qmax) & (tl.abs(qf2) <= qmax)
         code = code | tl.where(ok, 0, 1)
-        q1 = tl.where(ok, qf1, 0).to(tl.int64)
-        q2 = tl.where(ok, qf2, 0).to(tl.int64)
+        qf1 = tl.where(ok, qf1, 0.0)
+        qf2 = tl.where(ok, qf2, 0.0)
+        q1 = qf1.to(tl.int32)
+        q2 = qf2.to(tl.int32)
 
         m1 = charge(v1, q1 << X_SHIFT, c1, vr, F, DECAY_INPUT)
         s1, u1 = fire_reset(m1, th1, vr, HARD)
-        yq1 = s1.to(tl.int64) * one_y + ALPHA_SIGN * q2
-        v1n = u1 - (v2 >> K1)
-        m2 = charge(v1n, yq1 << (F - FY), c2, vr, F, DECAY_INPUT)
+        yq1 = s1.to(tl.int32) * one_y + ALPHA_SIGN * q2
+        v1n = u1.to(tl.int64) - (v2 >> K1)
+        m2 = charge(v1n.to(tl.int32), yq1 << (F - FY), c2, vr, F, DECAY_INPUT)
         s2, u2 = fire_reset(m2, th2, vr, HARD)
-        yq2 = s2.to(tl.int64) * one_y + ALPHA_SIGN * q1
-        v2n = u2 + (v1 >> K2)
+        v2n = u2.to(tl.int64) + (v1 >> K2)
         big = ((tl.abs(m1) > V_MAX) | (tl.abs(m2) > V_MAX)
                | (tl.abs(v1n) > V_MAX) | (tl.abs(v2n) > V_MAX))
         code = code | tl.where(big, 2, 0)
 
         ty = y_ptr.dtype.element_ty
-        tl.store(yp, (_to_acc(yq1, ACC_F64) * (1.0 / one_y)).to(ty), mask=mask)
-        tl.store(yp + R, (_to_acc(yq2, ACC_F64) * (1.0 / one_y)).to(ty), mask=mask)
+        # y = S + alpha*x formed in floating point (the FP32 pipe is idle, the integer one is
+        # not): exact, as y lies on the output grid
+        y1 = _to_acc(s1, ACC_F64) + qf2 * (ALPHA_SIGN / one_y)
+        y2 = _to_acc(s2, ACC_F64) + qf1 * (ALPHA_SIGN / one_y)
+        tl.store(yp, y1.to(ty), mask=mask)
+        tl.store(yp + R, y2.to(ty), mask=mask)
         if SAVE_M:
-            tl.store(mp, m1.to(tl.int32), mask=mask)
-            tl.store(mp + R, m2.to(tl.int32), mask=mask)
+            tl.store(mp, m1, mask=mask)
+            tl.store(mp + R, m2, mask=mask)
             mp += N
         if WRITE_STASH:
             j = t % SPW
             lo = (v2 & ((1 << K1) - 1)) | ((v1 & ((1 << K2) - 1)) << K1)
-            word = word | (lo.to(tl.int32) << (j * (K1 + K2)))
+            word = word | (lo << (j * (K1 + K2)))
             if (j == SPW - 1) | (t == T - 1):
                 tl.store(sp, word, mask=mask)
                 word = tl.zeros([BLOCK], dtype=tl.int32)
                 sp += P
-        v1 = v1n
-        v2 = v2n
+        v1 = v1n.to(tl.int32)
+        v2 = v2n.to(tl.int32)
         xp += N
         yp += N
     tl.store(vT_ptr + off1, _poison(v1, code), mask=mask)
@@ -203,11 +215,14 @@ def rev_lif_bwd_kernel(
     c1, c2, th1, th2, code = _node_params(tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F,
                                           DECAY_INPUT, TAU_PER_CH, VTH_PER_CH)
     one_y = 1 << FY
+    # largest |yq| and |q| whose charge input (<< F - FY, << X_SHIFT) stays within 2**28
+    Y_LIMIT: tl.constexpr = INPUT_LIMIT >> (F - FY)
+    Q_LIMIT: tl.constexpr = INPUT_LIMIT >> X_SHIFT
     w1 = tl.load(vT_ptr + off1, mask=mask, other=0)
     w2 = tl.load(vT_ptr + off2, mask=mask, other=0)
     code = code | _poison_code(w1) | _poison_code(w2)
-    v1n = w1.to(tl.int64)
-    v2n = w2.to(tl.int64)
+    v1n = w1
+    v2n = w2
     g1n = _to_acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_F64)
     g2n = _to_acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_F64)
     if MODE != 0:
@@ -236,8 +251,8 @@ def rev_lif_bwd_kernel(
     for i in range(T):
         t = T - 1 - i
         if MODE == 2:
-            m1 = tl.load(mp, mask=mask, other=0).to(tl.int64)
-            m2 = tl.load(mp + R, mask=mask, other=0).to(tl.int64)
+            m1 = tl.load(mp, mask=mask, other=0)
+            m2 = tl.load(mp + R, mask=mask, other=0)
             s1 = m1 >= th1
             s2 = m2 >= th2
             mp -= N
@@ -245,18 +260,20 @@ def rev_lif_bwd_kernel(
             yf1 = _to_acc(tl.load(yp, mask=mask, other=0), ACC_F64) * one_y
             yf2 = _to_acc(tl.load(yp + R, mask=mask, other=0), ACC_F64) * one_y
             if MODE == 0:
+                # y (and below, the rebuilt x and potentials) as a forward can produce them;
+                # beyond, the int32 arithmetic would not be exact: flagged, and zeroed
                 on_grid = (yf1 == tl.floor(yf1)) & (yf2 == tl.floor(yf2))
-                on_grid = on_grid & (tl.abs(yf1) <= V_MAX) & (tl.abs(yf2) <= V_MAX)
+                on_grid = on_grid & (tl.abs(yf1) <= Y_LIMIT) & (tl.abs(yf2) <= Y_LIMIT)
                 code = code | tl.where(on_grid, 0, 8)
                 yf1 = tl.where(on_grid, yf1, 0)
                 yf2 = tl.where(on_grid, yf2, 0)
-            yq1 = yf1.to(tl.int64)
-            yq2 = yf2.to(tl.int64)
+            yq1 = yf1.to(tl.int32)
+            yq2 = yf2.to(tl.int32)
             if SPW > 0:
                 j = t % SPW
                 lo = tl.load(sp, mask=mask, other=0) >> (j * (K1 + K2))
-                lo1 = (lo & ((1 << K1) - 1)).to(tl.int64)
-                lo2 = ((lo >> K1) & ((1 << K2) - 1)).to(tl.int64)
+                lo1 = lo & ((1 << K1) - 1)
+                lo2 = (lo >> K1) & ((1 << K2) - 1)
                 if j == 0:
                     sp -= P
             else:
@@ -264,12 +281,22 @@ def rev_lif_bwd_kernel(
                 lo2 = 0
             m2 = charge(v1n, yq1 << (F - FY), c2, vr, F, DECAY_INPUT)
             s2, u2 = fire_reset(m2, th2, vr, HARD)
-            q1 = ALPHA_SIGN * (yq2 - s2.to(tl.int64) * one_y)
-            v1 = ((v2n - u2) << K2) + lo2
+            q1 = ALPHA_SIGN * (yq2 - s2.to(tl.int32) * one_y)
+            v1w = ((v2n.to(tl.int64) - u2) << K2) + lo2
+            if MODE == 0:
+                bad = (tl.abs(q1) > Q_LIMIT) | (tl.abs(v1w) > V_MAX) | (tl.abs(m2) > V_MAX)
+                code = code | tl.where(bad, 8, 0)
+                q1 = tl.where(bad, 0, q1)
+                v1w = tl.where(bad, 0, v1w)
+            v1 = v1w.to(tl.int32)
             m1 = charge(v1, q1 << X_SHIFT, c1, vr, F, DECAY_INPUT)
             s1, u1 = fire_reset(m1, th1, vr, HARD)
-            q2 = ALPHA_SIGN * (yq1 - s1.to(tl.int64) * one_y)
-            v2 = ((u1 - v1n) << K1) + lo1
+            q2 = ALPHA_SIGN * (yq1 - s1.to(tl.int32) * one_y)
+            v2w = ((u1.to(tl.int64) - v1n) << K1) + lo1
+            if MODE == 0:
+                bad = (tl.abs(q2) > Q_LIMIT) | (tl.abs(v2w) > V_MAX) | (tl.abs(m1) > V_MAX)
+                code = code | tl.where(bad, 8, 0)
+            v2 = v2w.to(tl.int32)
             yp -= N
         if MODE == 0:
             tx = out_ptr.dtype.element_ty

@@ -26,13 +26,17 @@ V_PARAM_MAX = 64.0
 """Largest |v_threshold|, |v_reset| accepted (their fixed-point words must fit comfortably)."""
 V_MAX = (1 << 30) - 1
 """Largest |potential| (integer units) a healthy state may hold; beyond is flagged as overflow."""
+INPUT_BITS = 28
+"""|charge input| <= 2**INPUT_BITS: x << x_shift and y << (F - FY) on every grid. With it and
+|potential| <= V_MAX, charge and reset stay in int32 (the kernels' arithmetic)."""
 POISON_LIMIT = -(1 << 30)
 """Final-state words below this are poison markers ``INT32_MIN + code`` (see ``ERROR_CODES``)."""
 ERROR_CODES = {
     1: "x held NaN/Inf or a value outside the representable input range",
     2: "a membrane potential overflowed the fixed-point range",
     4: "the initial state held NaN/Inf or a value outside the fixed-point range",
-    8: "y held a value off the output grid (not produced by rev_lif with these settings)",
+    8: "y was not produced by rev_lif with these settings (a value off the output grid, or "
+       "one whose inverse leaves the fixed-point range)",
     16: "tau or v_threshold held a value out of range (tau > 1, inf only without decay_input; "
         "|v_threshold| <= 64)",
 }

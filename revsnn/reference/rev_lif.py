@@ -15,8 +15,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .._config import (F_BITS, POISON_LIMIT, V_MAX, V_PARAM_MAX, Grid, RevLIFConfig,
-                       channel_param, grid_for, layout_of)
+from .._config import (F_BITS, INPUT_BITS, POISON_LIMIT, V_MAX, V_PARAM_MAX, Grid,
+                       RevLIFConfig, channel_param, grid_for, layout_of)
 from ..state import RevLIFState
 from ..surrogate import surrogate_grad
 from .neuron import (charge_dtau, charge_int, charge_real, fire_reset_int, reset_partials,
@@ -260,7 +260,8 @@ def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Te
         else:
             yf = y[t].to(_acc(y.dtype)) * one_y
             if mode == 0:
-                on_grid = ((yf == torch.floor(yf)) & (yf.abs() <= V_MAX)).all(dim=1)
+                y_limit = 2 ** (INPUT_BITS - (F_BITS - grid.fy))
+                on_grid = ((yf == torch.floor(yf)) & (yf.abs() <= y_limit)).all(dim=1)
                 code = code | torch.where(on_grid, 0, 8).int()
                 yf = torch.where(on_grid[:, None], yf, 0)
             yq = yf.long()
@@ -271,6 +272,11 @@ def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Te
                 lo1 = lo2 = 0
             v1, v2, q1, q2, m1, s1, m2, s2 = inv_step_int(
                 v1n, v2n, yq[:, 0], yq[:, 1], lo1, lo2, c, th, cfg, grid)
+            if mode == 0:  # as the forward could have produced them (else the kernels' int32
+                q_limit = 2 ** (INPUT_BITS - grid.x_shift)  # arithmetic would not be exact)
+                bad = ((q1.abs() > q_limit) | (q2.abs() > q_limit) | (v1.abs() > V_MAX)
+                       | (v2.abs() > V_MAX) | (m1.abs() > V_MAX) | (m2.abs() > V_MAX))
+                code = code | torch.where(bad, 8, 0).int()
         if mode == 0:
             out[t, :, 0] = (q1.to(acc) / grid.x_scale).to(out_dtype)
             out[t, :, 1] = (q2.to(acc) / grid.x_scale).to(out_dtype)
