@@ -163,7 +163,6 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
     the forward saving M, then a backward pass over the saved M (three passes)."""
     cfg = RevLIFConfig(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
                        surrogate_alpha, detach_reset)
-    RevLIFState(vT, stash).check("rev_lif backward")
     _check_stash(stash, cfg, y.shape[0], y.shape[1] * y.shape[3], "rev_lif backward")
     params = (tau, v_threshold, cfg)
     acc = torch.float64 if y.dtype == torch.float64 else torch.float32
@@ -176,6 +175,11 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
         _, _, _, m = launch_fwd(x, v0, *params, False, True, backend)
         gx, gv0, pg = launch_bwd(None, gy, vT, stash, m, *params, 2, y.dtype, v0_dtype,
                                  backend)
+    # The flag check waits for the device: made after the launches, the device runs the
+    # backward meanwhile instead of idling while the host prepares it. A flagged state's
+    # gradient (computed from poison words, harmlessly) is never returned.
+    RevLIFState(vT, stash).check("rev_lif backward")
+
     def empty():
         return vT.new_empty(0, dtype=acc)
     if pg is None:
