@@ -7,7 +7,7 @@
 #
 # Needs only python3 with torch, triton, numpy and pytest (torch 2.11 / triton 3.6 or newer).
 # Results: bench/results/gpu/<section>/*.csv|.md|.png, a log per step in bench/results/gpu/,
-# and a short summary table printed last.
+# and a short summary table printed last. Exit status 0 only when every step passed.
 #
 # Peer libraries (SpikingJelly, snnTorch, Norse): those the machine lacks are installed, with
 # --no-deps, into bench/wheels/site (git-ignored; delete it to reinstall) from wheels in
@@ -46,6 +46,7 @@ rm -rf "$OUT"  # no table of an earlier run may pass for this one's
 mkdir -p "$OUT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 STATUS=()  # "step | result | seconds" lines for the summary
+FAILED=0   # the exit status: 1 if any step failed or timed out
 
 have_timeout=0
 command -v timeout >/dev/null 2>&1 && have_timeout=1
@@ -62,8 +63,8 @@ run_step() {  # run_step NAME SECONDS COMMAND...: one independent step, logged, 
     rc=${PIPESTATUS[0]}
     case $rc in
         0) res="ok" ;;
-        124|137) res="TIMEOUT after ${limit}s (partial results kept)" ;;
-        *) res="exit $rc (see $OUT/$name.log)" ;;
+        124|137) res="TIMEOUT after ${limit}s (partial results kept)"; FAILED=1 ;;
+        *) res="exit $rc (see $OUT/$name.log)"; FAILED=1 ;;
     esac
     STATUS+=("$name | $res | $(( $(date +%s) - start ))")
 }
@@ -188,3 +189,4 @@ echo
 "$PY" -m bench.summary --out $DIRS || echo "(summary failed: see the tables under $OUT)"
 echo "Tables: $OUT/<section>/*.md (copy what you report into bench/RESULTS.md with its card," \
      "date and command)."
+exit $FAILED
