@@ -141,25 +141,32 @@ class RevLIFConfig(_NeuronOptions):
                             float(alpha), float(beta1), float(beta2), surrogate,
                             float(surrogate_alpha), bool(detach_reset))
 
-    # -- fixed-point constants (integer units of 2**-F_BITS) -------------------------------------
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(*fields) -> "RevLIFConfig":
+        """The config with these (already validated) field values, made once: the ops rebuild
+        it from their scalar arguments on every call, and its derived constants are cached."""
+        return RevLIFConfig(*fields)
+
+    # -- fixed-point constants (integer units of 2**-F_BITS), computed once per config -----------
     @property
     def int_decay_input(self) -> bool:
         """The IF neuron integrates ``V + I`` whatever ``decay_input`` says."""
         return self.decay_input and not self.is_if
 
-    @property
+    @functools.cached_property
     def vr_i(self) -> int:
         return 0 if self.v_reset is None else int(round(self.v_reset * 2 ** F_BITS))
 
-    @property
+    @functools.cached_property
     def k1(self) -> int:
         return -_pow2_exponent(self.beta1, "beta1", -8, 0)
 
-    @property
+    @functools.cached_property
     def k2(self) -> int:
         return -_pow2_exponent(self.beta2, "beta2", -8, 0)
 
-    @property
+    @functools.cached_property
     def alpha_exp(self) -> int:
         return _pow2_exponent(self.alpha, "alpha", -2, 2)
 
@@ -167,7 +174,7 @@ class RevLIFConfig(_NeuronOptions):
     def alpha_sign(self) -> int:
         return 1 if self.alpha > 0 else -1
 
-    @property
+    @functools.cached_property
     def steps_per_word(self) -> int:
         """Time steps whose shifted-out bits fit one int32 stash word (0: nothing to stash)."""
         kk = self.k1 + self.k2

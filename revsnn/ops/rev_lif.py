@@ -131,8 +131,8 @@ def rev_lif_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
                 backward: str, backend: str,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [T, A, 2, R] -> (y [T, A, 2, R], final int32 state [A, 2, R], stash [W, A*R])."""
-    cfg = RevLIFConfig(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
-                       surrogate_alpha, detach_reset)
+    cfg = RevLIFConfig.of(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
+                          surrogate_alpha, detach_reset)
     y, vT, stash, _ = launch_fwd(x, v0, tau, v_threshold, cfg, write_stash, False, backend)
     return y, vT, stash
 
@@ -140,8 +140,8 @@ def rev_lif_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
 @rev_lif_fwd.register_fake
 def _(x, v0, tau, v_threshold, is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
       surrogate_alpha, detach_reset, write_stash, backward, backend):
-    cfg = RevLIFConfig(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
-                       surrogate_alpha, detach_reset)
+    cfg = RevLIFConfig.of(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
+                          surrogate_alpha, detach_reset)
     T, A, _, R = x.shape
     W = cfg.stash_words(T) if write_stash else 0
     return (torch.empty_like(x), x.new_empty((A, 2, R), dtype=torch.int32),
@@ -161,8 +161,8 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
     backward="fused": one time-reversed pass that rebuilds the trajectory and the gradient.
     backward="recompute": the usual reversible-network way, for comparison: invert to x, re-run
     the forward saving M, then a backward pass over the saved M (three passes)."""
-    cfg = RevLIFConfig(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
-                       surrogate_alpha, detach_reset)
+    cfg = RevLIFConfig.of(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
+                          surrogate_alpha, detach_reset)
     _check_stash(stash, cfg, y.shape[0], y.shape[1] * y.shape[3], "rev_lif backward")
     params = (tau, v_threshold, cfg)
     acc = torch.float64 if y.dtype == torch.float64 else torch.float32
@@ -233,8 +233,8 @@ def rev_lif_inv(y: torch.Tensor, vT: torch.Tensor, stash: torch.Tensor, tau: tor
                 surrogate: str, surrogate_alpha: float, detach_reset: bool, backend: str,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x [T, A, 2, R], initial int32 state [A, 2, R]) rebuilt from y, final state and stash."""
-    cfg = RevLIFConfig(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
-                       surrogate_alpha, detach_reset)
+    cfg = RevLIFConfig.of(is_if, decay_input, v_reset, alpha, beta1, beta2, surrogate,
+                          surrogate_alpha, detach_reset)
     _check_stash(stash, cfg, y.shape[0], y.shape[1] * y.shape[3], "rev_lif_inverse")
     x, v0, _ = launch_bwd(y, None, vT, stash, None, tau, v_threshold, cfg, 0, y.dtype, None,
                           backend)
