@@ -220,6 +220,22 @@ def test_inverse_rejects_y_off_grid(backend):
         rev_lif_inverse(y + 2.0 ** -20, st, backend=backend)
 
 
+def test_inverse_flags_a_state_no_forward_produced(backend):
+    """A final state that no forward produced (here: potentials near the range limit with
+    this y) makes the reconstruction leave the fixed-point range: flagged (code 8), in the
+    kernels' int32 arithmetic as in the twin's int64 one, never returned as an x."""
+    x = make_x((12, 2, 6, 5), seed=11)
+    y, st = rev_lif(x, keep_stash=True, backend=backend)
+    forged = RevLIFState(torch.full_like(st.v_fixed, 2 ** 30 - 5), st.stash)
+    with pytest.raises(ValueError, match="not produced by rev_lif"):
+        rev_lif_inverse(y, forged, backend=backend)
+    _, v0 = rev_lif_inverse(y, forged, validate=False, backend=backend)
+    _, v0_twin = rev_lif_inverse(y.cpu(), RevLIFState(forged.v_fixed.cpu(), st.stash.cpu()),
+                                 validate=False, backend="torch")
+    assert (v0.v_fixed < POISON_LIMIT).all()
+    assert torch.equal(v0.v_fixed.cpu(), v0_twin.v_fixed)
+
+
 # -- kernels, memory, autograd plumbing -----------------------------------------------------------
 def test_one_launch_per_pass(count_launches):
     if DEVICE == "cpu" and not revsnn.ops._dispatch.interpreting():

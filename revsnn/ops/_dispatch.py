@@ -11,9 +11,10 @@ from .._config import BACKENDS
 
 LAUNCH = {"rev_lif": (128, 4), "lif": (256, 4)}
 """(BLOCK, num_warps) of each op's kernels: neurons (pairs, for the reversible node) per program,
-and warps. The reversible node runs one pair per thread: on an H200 that used 37 registers
-against 64 to 72 with two pairs per thread and ran its backward 1.4x faster (bench/sweep.py,
-bench/RESULTS.md). Read at each launch, so that the sweep can vary it."""
+and warps. The reversible node runs one pair per thread: on an H200 that took 30/34 registers
+(forward/backward) against 60/63 with two pairs per thread, and ran 1.28x/1.25x faster at
+2**28 elements (bench/sweep.py, bench/RESULTS.md). Read at each launch, so that the sweep can
+vary it."""
 
 
 def interpreting() -> bool:
@@ -57,9 +58,9 @@ def grid_1d(n: int, op: str) -> tuple[int]:
 def differentiable(op, packet, setup_context, backward):
     """Register ``op``'s autograd (custom op ``op``, ``packet`` its ``torch.ops`` entry) and
     return a differentiable callable with its arguments. torch.compile traces the registered
-    op; eager calls go through an equivalent ``torch.autograd.Function``, whose dispatch costs a
-    fraction of register_autograd's (about 60 us less per forward on the CPU of
-    bench/RESULTS.md)."""
+    op; eager calls go through an equivalent ``torch.autograd.Function``, whose dispatch costs
+    less host time (about 30 us less per forward of the reversible node on the 2-core CPU of
+    bench/RESULTS.md, kernel launch excluded)."""
     op.register_autograd(backward, setup_context=setup_context)
     function = type(f"{packet.__name__}_function", (torch.autograd.Function,), dict(
         forward=staticmethod(lambda *args: packet(*args)),
