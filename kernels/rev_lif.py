@@ -111,12 +111,14 @@ def _fixed_params(tau, vth, F: tl.constexpr, DECAY_INPUT: tl.constexpr):
 def _node_params(tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F: tl.constexpr,
                  DECAY_INPUT: tl.constexpr, TAU_PER_CH: tl.constexpr,
                  VTH_PER_CH: tl.constexpr):
-    """Both neurons' fixed-point c_tau and vth_i, and the error code of their parameters."""
+    """Both neurons' fixed-point c_tau and vth_i, the error code of their parameters, and the
+    parameters as loaded (tau1, tau2, vth1, vth2: the backward's real-valued gradient)."""
     tau1, tau2 = _per_group(tau_ptr, r, mask, INNER, HALF_C, TAU_PER_CH)
     vth1, vth2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, VTH_PER_CH)
     c1, th1, ok1 = _fixed_params(tau1, vth1, F, DECAY_INPUT)
     c2, th2, ok2 = _fixed_params(tau2, vth2, F, DECAY_INPUT)
-    return c1, c2, th1, th2, tl.where(ok1 & ok2, 0, BAD_PARAM)
+    code = tl.where(ok1 & ok2, 0, BAD_PARAM)
+    return c1, c2, th1, th2, code, tau1, tau2, vth1, vth2
 
 
 @triton.jit
@@ -134,8 +136,8 @@ def rev_lif_fwd_kernel(
     stores the pre-reset potentials M1, M2 (int32) for the recompute-style backward.
     tau_ptr, vth_ptr: float tau and v_threshold, per channel ([C]) or scalar ([1])."""
     p, mask, r, off1, off2 = _program_pairs(P, R, BLOCK)
-    c1, c2, th1, th2, code = _node_params(tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F,
-                                          DECAY_INPUT, TAU_PER_CH, VTH_PER_CH)
+    c1, c2, th1, th2, code, _, _, _, _ = _node_params(
+        tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F, DECAY_INPUT, TAU_PER_CH, VTH_PER_CH)
     v1, e1 = _load_state(v0_ptr, off1, mask, F, V0_MODE)
     v2, e2 = _load_state(v0_ptr, off2, mask, F, V0_MODE)
     code = code | e1 | e2
@@ -212,8 +214,8 @@ def rev_lif_bwd_kernel(
     writes each neuron's dL/dtau and dL/dv_threshold into pg [2, N]. MODE 2: the gradient
     (x and v0 only) from saved M1, M2 (m_ptr) instead of a reconstruction."""
     p, mask, r, off1, off2 = _program_pairs(P, R, BLOCK)
-    c1, c2, th1, th2, code = _node_params(tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F,
-                                          DECAY_INPUT, TAU_PER_CH, VTH_PER_CH)
+    c1, c2, th1, th2, code, tau1, tau2, vf1, vf2 = _node_params(
+        tau_ptr, vth_ptr, r, mask, INNER, HALF_C, F, DECAY_INPUT, TAU_PER_CH, VTH_PER_CH)
     one_y = 1 << FY
     # largest |yq| and |q| whose charge input (<< F - FY, << X_SHIFT) stays within 2**28
     Y_LIMIT: tl.constexpr = INPUT_LIMIT >> (F - FY)
@@ -227,8 +229,6 @@ def rev_lif_bwd_kernel(
     g2n = _to_acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_F64)
     if MODE != 0:
         # the real-valued 1/tau and v_threshold of the gradient, rounded to float32 first
-        tau1, tau2 = _per_group(tau_ptr, r, mask, INNER, HALF_C, TAU_PER_CH)
-        vf1, vf2 = _per_group(vth_ptr, r, mask, INNER, HALF_C, VTH_PER_CH)
         it1 = _to_acc((1.0 / tau1.to(tl.float64)).to(tl.float32), ACC_F64)
         it2 = _to_acc((1.0 / tau2.to(tl.float64)).to(tl.float32), ACC_F64)
         vf1 = _to_acc(vf1.to(tl.float32), ACC_F64)
