@@ -23,6 +23,8 @@ from revsnn.functional import rev_lif
 from revsnn.ops import _dispatch
 from revsnn.ops import rev_lif as op
 
+from .common import time_ms
+
 CONFIGS = [(128, 4), (256, 4), (256, 8), (128, 2), (512, 8)]
 
 
@@ -133,10 +135,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench.sweep needs a CUDA GPU")
         return 1
-    import triton.testing
 
     def bench(fn):
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        return time_ms(fn, torch.device("cuda"))
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     configs = CONFIGS[:2] if args.quick else CONFIGS
     shapes = [(16, 256, 65536)] if args.quick else [(16, 256, 65536), (4, 64, 65536)]
