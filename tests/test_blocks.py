@@ -1,6 +1,7 @@
 """Reversible blocks: exact reconstruction, gradients equal to plain autograd, stateful modules
 (neurons, BatchNorm, dropout) replayed faithfully, memory flat in depth, errors."""
 import copy
+import weakref
 
 import pytest
 import torch
@@ -196,6 +197,34 @@ def test_kept_for_backward_flat_in_depth():
 
 
 # -- errors --------------------------------------------------------------------------------------
+class _Probe(nn.Module):
+    """x * w then sin: sin saves the product, whose Python object lives exactly as long as the
+    graph that saved it; records, when it runs again in a backward, whether the graphs of the
+    probes in ``others`` were already freed."""
+
+    def __init__(self, others=()):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.saved, self.others, self.others_freed = [], others, []
+
+    def forward(self, x):
+        if torch.is_grad_enabled():  # the block's backward re-running this branch
+            self.others_freed.append(all(r() is None for p in self.others for r in p.saved))
+        h = x * self.w
+        self.saved.append(weakref.ref(h))
+        return torch.sin(h)
+
+
+def test_one_branch_graph_live_at_a_time():
+    """The backward differentiates g's recomputed graph and frees it before f runs again: the
+    block's transient memory is one branch's activations, not two."""
+    g = _Probe()
+    f = _Probe(others=[g])
+    RevBlock(f, g)(make_x((2, 2, 4, 3)).requires_grad_()).sum().backward()
+    assert f.others_freed == [True]
+    assert f.w.grad is not None and g.w.grad is not None
+
+
 @pytest.mark.parametrize("bad", [LIMIT, float("nan")])
 def test_out_of_range_detected_at_backward(bad):
     net = chain(2)

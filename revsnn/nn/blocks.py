@@ -8,8 +8,9 @@
 so that the input follows from the output: ``x2 = y2 - Q(g(y1))``, ``x1 = y1 - Q(f(x2))``.
 :class:`RevSequential` chains blocks under a single autograd node that keeps only the chain's
 output; the backward rebuilds each block's input from its output and runs ``f``/``g`` again under
-autograd, one block at a time. Activation memory is therefore that of the output plus one block's
-recomputation, whatever the depth.
+autograd, one block at a time, differentiating g's recomputed graph and freeing it before f runs
+again. Activation memory is therefore that of the output plus one branch's recomputation,
+whatever the depth.
 
 Exactness. In floating point ``(x1 + a) - a`` need not give back ``x1``; one flipped bit would
 cross a spiking node's input grid and flip spikes further down. ``Q`` rounds to the fixed grid
@@ -63,7 +64,7 @@ class _Quantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x * _SCALE) / _SCALE
+        return x.mul(_SCALE).round_().div_(_SCALE)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -227,27 +228,55 @@ class RevBlock(nn.Module):
                snap_g: Optional[_Snapshot] = None,
                gy: Optional[torch.Tensor] = None, params: Optional[list] = None):
         """Input of the block from its output ``y``. With ``gy`` (and the snapshots of the
-        forward), also ``dL/dx`` and the gradients of ``params`` (None where unused)."""
+        forward), also ``dL/dx`` and the gradients of ``params`` (None where unused).
+
+        Memory: x and dL/dx are written into their halves (no concatenation), and g's
+        recomputed graph is differentiated and freed before f runs again, so that one branch's
+        activations are live at a time."""
         y1, y2 = self._split(y, "y")
-        with torch.enable_grad() if gy is not None else torch.no_grad():
-            y1d = y1.detach().requires_grad_(gy is not None)
-            g_out = snap_g.rerun(self.g, y1d) if snap_g else self.g(y1d)
-            x2 = (y2 - self._branch(g_out.detach(), y1, "g")).requires_grad_(gy is not None)
-            f_out = snap_f.rerun(self.f, x2) if snap_f else self.f(x2)
-            x1 = y1 - self._branch(f_out.detach(), x2, "f")
-        x = torch.cat([x1, x2.detach()], self.dim)
+        x = torch.empty_like(y)
+        x1, x2 = x.chunk(2, self.dim)
         if gy is None:
+            with torch.no_grad():
+                g_out = snap_g.rerun(self.g, y1) if snap_g else self.g(y1)
+                torch.sub(y2, self._branch(g_out, y1, "g"), out=x2)
+                del g_out
+                f_out = snap_f.rerun(self.f, x2) if snap_f else self.f(x2)
+                torch.sub(y1, self._branch(f_out, x2, "f"), out=x1)
             return x
         gy1, gy2 = self._split(gy, "grad")
-        ng = len(params)
-        g_grads = torch.autograd.grad(g_out, [y1d] + params, gy2.to(g_out.dtype),
+        n = len(params)
+        g_out, g_in = self._rerun(self.g, snap_g, y1)
+        with torch.no_grad():
+            torch.sub(y2, self._branch(g_out, y1, "g"), out=x2)
+        g_grads = torch.autograd.grad(g_out, [g_in] + params, gy2.to(g_out.dtype),
                                       allow_unused=True)
+        del g_out, g_in
         gy1 = _add(gy1, g_grads[0])
-        f_grads = torch.autograd.grad(f_out, [x2] + params, gy1.to(f_out.dtype),
+        f_out, f_in = self._rerun(self.f, snap_f, x2)
+        with torch.no_grad():
+            q = self._branch(f_out, x2, "f")
+        f_grads = torch.autograd.grad(f_out, [f_in] + params, gy1.to(f_out.dtype),
                                       allow_unused=True)
-        gx = torch.cat([gy1, _add(gy2, f_grads[0])], self.dim)
-        pgrads = [_add(a, b) for a, b in zip(g_grads[1:1 + ng], f_grads[1:1 + ng])]
-        return x, gx, pgrads
+        del f_out, f_in
+        # only now: x1 shares its version counter with x2, the input f's graph saved
+        torch.sub(y1, q, out=x1)
+        del q
+        gx = torch.empty_like(gy)
+        gx1, gx2 = gx.chunk(2, self.dim)
+        gx1.copy_(gy1)
+        if f_grads[0] is None:
+            gx2.copy_(gy2)
+        else:
+            torch.add(gy2, f_grads[0], out=gx2)
+        return x, gx, [_add(a, b) for a, b in zip(g_grads[1:1 + n], f_grads[1:1 + n])]
+
+    @staticmethod
+    def _rerun(module: nn.Module, snap: _Snapshot, inp: torch.Tensor):
+        """(module's output, its input leaf) recomputed under autograd as in the forward."""
+        with torch.enable_grad():
+            leaf = inp.detach().requires_grad_()
+            return snap.rerun(module, leaf), leaf
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """See :meth:`RevSequential.inverse`."""
