@@ -148,6 +148,41 @@ class HostMeter:
                 f"does not run on meta tensors ({self.why_not_meta[(name, variant)]})")
 
 
+class SGDStep:
+    """One SGD training step (momentum) of a model on a fixed batch, in three phases: forward
+    (with the cross-entropy loss), backward, update. ``step(mark)`` calls ``mark(phase)``
+    before each phase and ``mark(None)`` after the last."""
+
+    PHASES = ("forward", "backward", "update")
+
+    def __init__(self, name: str, variant: str, T: int, batch: int, kw: dict, device) -> None:
+        self.model = make_model(name, variant, T, device, **kw)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+        self.x = _static_input(name, batch, device, kw)
+        self.labels = torch.randint(0, 10, (batch,),
+                                    generator=torch.Generator().manual_seed(0)).to(device)
+        self.loss = None
+
+    def forward(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.loss = nn.functional.cross_entropy(self.model(self.x), self.labels)
+
+    def backward(self) -> None:
+        loss, self.loss = self.loss, None
+        loss.backward()
+
+    def update(self) -> None:
+        self.opt.step()
+
+    def __call__(self, mark=None) -> None:
+        for phase in self.PHASES:
+            if mark:
+                mark(phase)
+            getattr(self, phase)()
+        if mark:
+            mark(None)
+
+
 def gpu_step_memory(name: str, variant: str, T: int, batch: int, kw: dict) -> tuple:
     """(peak bytes of one SGD training step, kept bytes of its forward) on CUDA, counted from
     what was allocated before the model was built: weights, gradients, momentum, input,
@@ -156,18 +191,9 @@ def gpu_step_memory(name: str, variant: str, T: int, batch: int, kw: dict) -> tu
     gc.collect()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
-    model = make_model(name, variant, T, "cuda", **kw)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = _static_input(name, batch, "cuda", kw)
-    labels = torch.randint(0, 10, (batch,), device="cuda",
-                           generator=torch.Generator("cuda").manual_seed(0))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), labels).backward()
-        opt.step()
+    step = SGDStep(name, variant, T, batch, kw, "cuda")
     step()  # warm-up: kernel compilation and the momentum buffers
-    kept = kept_bytes(model, x)
+    kept = kept_bytes(step.model, step.x)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     step()

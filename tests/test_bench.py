@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import revsnn
-from bench import kernels, memory, network
+from bench import kernels, memory, network, peak
 from bench.common import linear_fit
 from revsnn.memory import KeptBytes, storage_id
 
@@ -170,3 +170,23 @@ def test_network_batch_line_is_exact():
 def test_linear_fit():
     slope, intercept = linear_fit([4, 8, 16], [9, 17, 33])
     assert (slope, intercept) == pytest.approx((2, 1))
+
+
+def test_peak_replay_of_an_allocator_trace():
+    def ev(action, addr, size=0, where="revsnn/x.py"):
+        return dict(action=action, addr=addr, size=size,
+                    frames=[dict(filename=f"/site-packages/{where}", line=1, name="f")])
+    trace = [ev("alloc", 1, 100), ev("alloc", 2, 50, "bench/y.py"), ev("free_requested", 1),
+             ev("free_completed", 1), ev("alloc", 3, 120), ev("alloc", 4, 10),
+             ev("free_completed", 4), ev("free_completed", 3), ev("alloc", 5, 60)]
+    top, live = peak.replay(trace)
+    assert top == 180  # blocks 2, 3 and 4; block 1 was freed before
+    assert live == {"revsnn/x.py:1 f": 130, "bench/y.py:1 f": 50}
+
+
+def test_peak_cpu_step_by_phase():
+    r = peak.cpu_peak("vgg11", "revlif-rev", 2, 2, dict(width=16))
+    assert set(r["phases"]) == set(network.SGDStep.PHASES)
+    assert r["traced_peak"] == max(r["phases"].values()) > 0
+    assert r["at"]
+

@@ -1,0 +1,171 @@
+"""Where the peak memory of one training step goes: the network peaks of ``bench.network``,
+taken apart.
+
+    python -m bench.peak --model resnet18 --variant revlif-rev --T 16 --batch 32
+
+One SGD step (``bench.network.SGDStep``, after a warm-up step) in three phases: forward (with
+the loss), backward, update. Each phase's peak is counted above what was allocated before the
+model was built (on CUDA; on CPU, above what was live when the step began).
+
+* CUDA: ``torch.cuda.max_memory_allocated`` per phase; and the caching allocator's trace of the
+  step (``torch.cuda.memory._record_memory_history``) replayed in order to list the allocations
+  live at the step's peak, grouped by the line of revsnn, bench or ``torch.nn`` code that made
+  them (an allocation made inside the backward engine is listed under the ``backward()`` call,
+  with the op's name where the trace has it).
+* CPU: the CPU allocator's allocation and free events of the step, recorded by
+  ``torch.profiler`` (``profile_memory=True``) and summed in order; the op running at the peak.
+  On CPU the torch twins of revsnn's kernels run step by step with temporaries the Triton
+  kernels do not have, and convolutions use other workspaces than cuDNN: a CPU peak locates
+  transient memory, it does not predict the GPU figure.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from collections import Counter
+from typing import Iterable
+
+import torch
+
+from .network import MIB, VARIANTS, SGDStep
+
+OWN_CODE = ("/revsnn/", "/bench/", "/torch/nn/modules/", "/torch/nn/functional")
+
+
+def origin(frames: list) -> str:
+    """The innermost frame of revsnn, bench or torch.nn code ("file:line function"), from an
+    allocator trace entry's frames (innermost first)."""
+    for f in frames:
+        name = f.get("filename", "")
+        if any(k in name for k in OWN_CODE):
+            short = name.split("/site-packages/")[-1].split("/work/main/")[-1]
+            return f"{short}:{f.get('line')} {f.get('name')}"
+    return "(no Python frame of revsnn, bench or torch.nn)"
+
+
+def replay(entries: Iterable[dict]) -> tuple[int, Counter]:
+    """(peak of the live bytes, bytes live at the peak by origin) from allocator trace entries
+    (``action`` 'alloc' or 'free_completed', ``addr``, ``size``, ``frames``), in order. Bytes
+    allocated before the trace began are not in it: the peak is above the trace's start."""
+    entries = list(entries)
+    cur = peak = 0
+    peak_at = -1
+    sizes: dict = {}
+    for i, e in enumerate(entries):
+        if e["action"] == "alloc":
+            sizes[e["addr"]] = e["size"]
+            cur += e["size"]
+            if cur > peak:
+                peak, peak_at = cur, i
+        elif e["action"] == "free_completed":
+            cur -= sizes.pop(e["addr"], 0)
+    live: dict = {}
+    for e in entries[:peak_at + 1]:
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+        elif e["action"] == "free_completed":
+            live.pop(e["addr"], None)
+    by_origin: Counter = Counter()
+    for e in live.values():
+        by_origin[origin(e.get("frames", []))] += e["size"]
+    return peak, by_origin
+
+
+def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> dict:
+    gc.collect()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    step = SGDStep(model_name, variant, T, batch, kw, "cuda")
+    step()  # warm-up: compilation, momentum buffers
+    phases = {}
+
+    def mark(name):
+        torch.cuda.synchronize()
+        if mark.current:
+            phases[mark.current] = torch.cuda.max_memory_allocated() - base
+        torch.cuda.reset_peak_memory_stats()
+        mark.current = name
+    mark.current = None
+    start = torch.cuda.memory_allocated() - base
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    try:
+        step(mark)
+        snap = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    trace = snap["device_traces"][torch.cuda.current_device()]
+    peak, live = replay(trace)
+    return dict(phases=phases, start=start, traced_peak=start + peak, live=live)
+
+
+def cpu_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> dict:
+    from torch.profiler import ProfilerActivity, profile, record_function
+    step = SGDStep(model_name, variant, T, batch, kw, "cpu")
+    step()
+    gc.collect()
+    ranges = []
+
+    def mark(name):
+        if mark.ctx is not None:
+            mark.ctx.__exit__(None, None, None)
+        mark.ctx = record_function(f"bench.peak:{name}") if name else None
+        if mark.ctx is not None:
+            mark.ctx.__enter__()
+    mark.ctx = None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(mark)
+    events = list(prof.profiler.kineto_results.events())
+    for e in events:
+        if e.name().startswith("bench.peak:"):
+            ranges.append((e.name().split(":", 1)[1], e.start_ns(), e.end_ns()))
+    mem = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    phases = {name: 0 for name, _, _ in ranges}
+    cur = peak = 0
+    t_peak = None
+    for t, n in mem:
+        cur += n
+        for name, s, end in ranges:
+            if s <= t <= end:
+                phases[name] = max(phases[name], cur)
+        if cur > peak:
+            peak, t_peak = cur, t
+    ops = sorted((e for e in events if e.name() != "[memory]"
+                  and e.start_ns() <= (t_peak or 0) <= e.end_ns()), key=lambda e: e.start_ns())
+    return dict(phases=phases, traced_peak=peak, at=[e.name() for e in ops][-4:])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.peak", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--variant", action="append", choices=list(VARIANTS),
+                   help="repeatable (default: revlif and revlif-rev)")
+    p.add_argument("--T", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--top", type=int, default=12, help="origins listed at the peak (CUDA)")
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        torch.set_num_threads(1)
+    for variant in args.variant or ["revlif", "revlif-rev"]:
+        what = f"{args.model} {variant}, T = {args.T}, batch {args.batch}"
+        r = (cuda_peak if cuda else cpu_peak)(args.model, variant, args.T, args.batch, {})
+        phases = ", ".join(f"{k} {v / MIB:.0f}" for k, v in r["phases"].items())
+        above = ("the allocations before the model" if cuda else
+                 "what was live when the step began: weights, momentum, input")
+        print(f"\n## {what} ({'CUDA' if cuda else 'CPU'}): peak by phase, MiB above {above}: "
+              f"{phases}")
+        if cuda:
+            print(f"traced step: {r['start'] / MIB:.0f} MiB live at its start, peak "
+                  f"{r['traced_peak'] / MIB:.0f} MiB; live at the peak, by origin:\n")
+            print("| MiB | allocated at |\n|---|---|")
+            for where, n in r["live"].most_common(args.top):
+                print(f"| {n / MIB:.1f} | `{where}` |")
+        else:
+            print(f"CPU allocator peak of the step (above its start): "
+                  f"{r['traced_peak'] / MIB:.0f} MiB, during {' > '.join(r['at'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
