@@ -1,6 +1,6 @@
 """Launch-configuration sweep of the reversible node's kernels, and where its time goes (GPU only).
 
-    python -m bench.sweep [--quick] [--baseline DIR]
+    python -m bench.sweep [--quick] [--baseline DIR] [--host]
 
 For each shape: the raw forward kernel (writing the stash) and fused backward kernel under each
 (BLOCK, num_warps), and with ``--baseline DIR`` those of another copy of kernels/ (an earlier
@@ -8,13 +8,16 @@ revision, for an A/B in one run), timed with ``triton.testing.do_bench`` medians
 device-to-device copy of x, with registers and spills of each compiled kernel and a check that
 every row gives the same bits; then the whole autograd call (``revsnn.functional.rev_lif`` and
 its backward) at the default configuration, whose excess over the raw kernels is host time the
-device waited for; then a ``torch.profiler`` table of one forward + backward.
+device waited for; then the host time per call of each layer of that call (``host_times``:
+kernel launches alone, the functional call, autograd) next to SpikingJelly's Triton LIF, and a
+``torch.profiler`` table of one forward + backward. ``--host``: the host table only.
 Bytes counted: forward reads x and writes y and the stash; backward reads y, the output gradient
 and the stash and writes the input gradient (the final state is negligible).
 """
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -26,6 +29,7 @@ from revsnn.ops import rev_lif as op
 from .common import time_ms
 
 CONFIGS = [(128, 4), (256, 4), (256, 8), (128, 2), (512, 8)]
+HOST_REPS = 500
 
 
 def _compiled(kernel, launch):
@@ -126,9 +130,85 @@ def sweep(shape, configs, bench, device="cuda", baseline=None):
     return call_bwd
 
 
+HOST_SHAPE = (4, 2, 64)
+"""Small enough that every kernel is a few microseconds: a loop of calls measures the host."""
+
+
+def _host_ms(fn, device: torch.device, reps: int) -> float:
+    """Wall time per call of ``reps`` calls made back to back with one synchronisation at the
+    end: with kernels this small the device keeps up, so this is the host's time per call."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def host_times(device: torch.device, reps: int = 200) -> list:
+    """(label, host ms per call, or the reason it is missing) for the layers of the reversible
+    node's call and for SpikingJelly's Triton LIF, at :data:`HOST_SHAPE`: the raw kernel
+    launches (``launch_fwd``/``launch_bwd``: output allocation + Triton's launch), the
+    functional call without and with autograd recording, and forward + backward."""
+    from . import nodes
+    from .common import Missing
+    T, B, C = HOST_SHAPE
+    x = nodes.input_for(HOST_SHAPE, device, torch.float32)
+    x4 = x.detach().view(T, B, 2, C // 2)
+    cfg = RevLIFConfig.build()
+    tau = channel_param(2.0, "tau", C, device)
+    vth = channel_param(1.0, "v_threshold", C, device)
+    y, vT, stash, _ = op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")
+    gy = torch.randn_like(x4)
+    g = torch.randn_like(x)
+
+    def fwd_bwd(fn):
+        def run():
+            fn(x).backward(g)
+            x.grad = None
+        return run
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                fn(x)
+        return run
+    revlif = nodes.build("revlif", device, torch.float32).fn
+    rows = [
+        ("revsnn: forward kernel launch (launch_fwd)",
+         lambda: op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")),
+        ("revsnn: backward kernel launch (launch_bwd)",
+         lambda: op.launch_bwd(y, gy, vT, stash, None, tau, vth, cfg, 1, x.dtype, None,
+                               "triton")),
+        ("revsnn RevLIF: forward, no autograd", no_grad(revlif)),
+        ("revsnn RevLIF: forward, autograd recording", lambda: revlif(x)),
+        ("revsnn RevLIF: forward + backward", fwd_bwd(revlif)),
+    ]
+    try:
+        sj = nodes.build("sj-triton", device, torch.float32).fn
+        rows += [("SpikingJelly Triton LIF: forward, autograd recording", lambda: sj(x)),
+                 ("SpikingJelly Triton LIF: forward + backward", fwd_bwd(sj))]
+    except Missing as e:
+        rows.append(("SpikingJelly Triton LIF", f"missing: {e}"))
+    return [(label, fn if isinstance(fn, str) else _host_ms(fn, device, reps))
+            for label, fn in rows]
+
+
+def _print_host() -> None:
+    print(f"\n### host time per call, shape {list(HOST_SHAPE)} float32 ({HOST_REPS} calls back "
+          f"to back, one synchronisation)\n\n| call | ms |\n|---|---|")
+    for label, ms in host_times(torch.device("cuda"), HOST_REPS):
+        print(f"| {label} | {ms if isinstance(ms, str) else f'{ms:.4f}'} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two configurations, one shape")
+    ap.add_argument("--host", action="store_true", help="the host-time table only")
     ap.add_argument("--baseline", metavar="DIR",
                     help="also time this copy of kernels/ (at the default launch options)")
     args = ap.parse_args(argv)
@@ -139,12 +219,16 @@ def main(argv=None) -> int:
     def bench(fn):
         return time_ms(fn, torch.device("cuda"))
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    if args.host:
+        _print_host()
+        return 0
     configs = CONFIGS[:2] if args.quick else CONFIGS
     shapes = [(16, 256, 65536)] if args.quick else [(16, 256, 65536), (4, 64, 65536)]
     step = None
     baseline = load_kernels(args.baseline) if args.baseline else None
     for shape in shapes:
         step = sweep(shape, configs, bench, baseline=baseline)
+    _print_host()
     from torch.profiler import ProfilerActivity, profile
     step()
     torch.cuda.synchronize()

@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,13 @@ def test_peak_cpu_step_by_phase():
     assert r["traced_peak"] == max(r["phases"].values()) > 0
     assert r["at"]
 
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="the raw launches need Triton: a GPU or the interpreter")
+def test_sweep_host_times_runs_every_layer():
+    from bench import sweep
+    rows = dict(sweep.host_times(torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+                                 reps=2))
+    revsnn_rows = [v for k, v in rows.items() if k.startswith("revsnn")]
+    assert len(revsnn_rows) == 5 and all(isinstance(v, float) and v > 0 for v in revsnn_rows)
+    assert any(k.startswith("SpikingJelly") for k in rows)
