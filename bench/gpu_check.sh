@@ -2,8 +2,13 @@
 # The one GPU check: run from a plain checkout on a CUDA machine (an H100), no install, no
 # network, about 5 minutes:
 #
-#     bash bench/gpu_check.sh            # GPU tests, then the priority benchmark subset
+#     bash bench/gpu_check.sh            # GPU tests, the priority benchmark subset, diagnostics
 #     bash bench/gpu_check.sh --full     # the whole test suite and the full benchmark suite
+#     bash bench/gpu_check.sh --full --no-tests --only network   # one full section per call
+#
+# Diagnostics (not with --full): host time per call of the reversible node's layers next to
+# SpikingJelly's Triton LIF (python -m bench.sweep --host), and where the peak memory of a
+# ResNet-18 training step goes (python -m bench.peak).
 #
 # Needs only python3 with torch, triton, numpy and pytest (torch 2.11 / triton 3.6 or newer).
 # Results: bench/results/gpu/<section>/*.csv|.md|.png, a log per step in bench/results/gpu/,
@@ -34,12 +39,18 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 FULL=0
-for arg in "$@"; do
-    case "$arg" in
+TESTS_ON=1
+SECTIONS="kernels network memory"
+while [ $# -gt 0 ]; do
+    case "$1" in
         --full) FULL=1 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $arg (use --full or --help)" >&2; exit 2 ;;
+        --no-tests) TESTS_ON=0 ;;
+        --only) shift; SECTIONS=$(echo "${1:-}" | tr ',' ' ') ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (use --full, --no-tests, --only SECTIONS or --help)" >&2
+           exit 2 ;;
     esac
+    shift
 done
 OUT=bench/results/gpu
 rm -rf "$OUT"  # no table of an earlier run may pass for this one's
@@ -142,7 +153,9 @@ TESTS="tests/test_rev_lif.py tests/test_lif.py tests/test_parity.py tests/test_b
 # over the CPU cores (the tests share nothing but the compile cache).
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
-if [ "$FULL" = 1 ]; then
+if [ "$TESTS_ON" = 0 ]; then
+    echo "=== tests skipped (--no-tests)"
+elif [ "$FULL" = 1 ]; then
     # shellcheck disable=SC2086
     run_step tests "${TEST_TIMEOUT:-1800}" "$PY" -m pytest -q -p no:cacheprovider $XDIST \
         --durations=10 tests
@@ -171,13 +184,21 @@ fi
 DIRS=""
 for item in $LIMITS; do
     section=${item%%:*}
+    case " $SECTIONS " in *" $section "*) ;; *) continue ;; esac
     # shellcheck disable=SC2086
     run_step "bench-$section" "${item##*:}" "$PY" -m bench $SIZE --only "$section" \
         --no-summary --out "$OUT/$section"
     DIRS="$DIRS $OUT/$section"
 done
 
-# -- 4. summary last --------------------------------------------------------------------------
+# -- 4. diagnostics: where the host time and the peak memory go ---------------------------------
+if [ "$FULL" = 0 ] && [ "$GPU" = 1 ]; then
+    run_step host-time "${BENCH_TIMEOUT:-60}" "$PY" -m bench.sweep --host
+    run_step peak-memory "${BENCH_TIMEOUT:-90}" "$PY" -m bench.peak --model resnet18 --T 16 \
+        --batch 32
+fi
+
+# -- 5. summary last --------------------------------------------------------------------------
 echo
 echo "## gpu_check steps"
 echo
