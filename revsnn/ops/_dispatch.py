@@ -60,12 +60,18 @@ def differentiable(op, packet, setup_context, backward):
     return a differentiable callable with its arguments. torch.compile traces the registered
     op; eager calls go through an equivalent ``torch.autograd.Function``, whose dispatch costs
     less host time (about 30 us less per forward of the reversible node on the 2-core CPU of
-    bench/RESULTS.md, kernel launch excluded)."""
+    bench/RESULTS.md, kernel launch excluded; 15 to 20 us more since its forward takes ctx)."""
     op.register_autograd(backward, setup_context=setup_context)
+
+    def forward(ctx, *args):
+        # the ctx-taking form: Function.apply with a separate setup_context binds the
+        # arguments through inspect.signature on every call (15 us each on the CPU of
+        # bench/RESULTS.md)
+        output = packet(*args)
+        setup_context(ctx, args, output)
+        return output
     function = type(f"{packet.__name__}_function", (torch.autograd.Function,), dict(
-        forward=staticmethod(lambda *args: packet(*args)),
-        setup_context=staticmethod(setup_context),
-        backward=staticmethod(backward)))
+        forward=staticmethod(forward), backward=staticmethod(backward)))
 
     def apply(*args):
         if torch.compiler.is_compiling():
