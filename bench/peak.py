@@ -24,12 +24,14 @@ import argparse
 import gc
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from .network import MIB, VARIANTS, SGDStep
 
+ROOT = f"{Path(__file__).resolve().parents[1]}/"
 OWN_CODE = ("/revsnn/", "/bench/", "/torch/nn/modules/", "/torch/nn/functional")
 
 
@@ -39,15 +41,18 @@ def origin(frames: list) -> str:
     for f in frames:
         name = f.get("filename", "")
         if any(k in name for k in OWN_CODE):
-            short = name.split("/site-packages/")[-1].split("/work/main/")[-1]
+            short = name.split("/site-packages/")[-1].removeprefix(ROOT)
             return f"{short}:{f.get('line')} {f.get('name')}"
     return "(no Python frame of revsnn, bench or torch.nn)"
 
 
-def replay(entries: Iterable[dict]) -> tuple[int, Counter]:
-    """(peak of the live bytes, bytes live at the peak by origin) from allocator trace entries
-    (``action`` 'alloc' or 'free_completed', ``addr``, ``size``, ``frames``), in order. Bytes
-    allocated before the trace began are not in it: the peak is above the trace's start."""
+def replay(entries: Iterable[dict]) -> tuple[int, Counter, list]:
+    """(peak of the live bytes, bytes live at the peak by origin, the largest single
+    allocations live at the peak as (bytes, origin), largest first) from allocator trace
+    entries (``action`` 'alloc' or 'free_completed', ``addr``, ``size``, ``frames``), in order.
+    Bytes allocated before the trace began are not in it: the peak is above the trace's start.
+    A large single allocation next to tensors of the activations' sizes is a workspace (cuDNN's
+    convolution algorithms take one)."""
     entries = list(entries)
     cur = peak = 0
     peak_at = -1
@@ -69,7 +74,9 @@ def replay(entries: Iterable[dict]) -> tuple[int, Counter]:
     by_origin: Counter = Counter()
     for e in live.values():
         by_origin[origin(e.get("frames", []))] += e["size"]
-    return peak, by_origin
+    largest = sorted(((e["size"], origin(e.get("frames", []))) for e in live.values()),
+                     key=lambda t: -t[0])
+    return peak, by_origin, largest
 
 
 def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> dict:
@@ -95,8 +102,9 @@ def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> di
     finally:
         torch.cuda.memory._record_memory_history(enabled=None)
     trace = snap["device_traces"][torch.cuda.current_device()]
-    peak, live = replay(trace)
-    return dict(phases=phases, start=start, traced_peak=start + peak, live=live)
+    peak, live, largest = replay(trace)
+    return dict(phases=phases, start=start, traced_peak=start + peak, live=live,
+                largest=largest)
 
 
 def cpu_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> dict:
@@ -160,6 +168,10 @@ def main(argv=None) -> int:
                   f"{r['traced_peak'] / MIB:.0f} MiB; live at the peak, by origin:\n")
             print("| MiB | allocated at |\n|---|---|")
             for where, n in r["live"].most_common(args.top):
+                print(f"| {n / MIB:.1f} | `{where}` |")
+            print("\nlargest single allocations live at the peak:\n\n| MiB | allocated at |"
+                  "\n|---|---|")
+            for n, where in r["largest"][:args.top]:
                 print(f"| {n / MIB:.1f} | `{where}` |")
         else:
             print(f"CPU allocator peak of the step (above its start): "

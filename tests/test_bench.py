@@ -180,9 +180,11 @@ def test_peak_replay_of_an_allocator_trace():
     trace = [ev("alloc", 1, 100), ev("alloc", 2, 50, "bench/y.py"), ev("free_requested", 1),
              ev("free_completed", 1), ev("alloc", 3, 120), ev("alloc", 4, 10),
              ev("free_completed", 4), ev("free_completed", 3), ev("alloc", 5, 60)]
-    top, live = peak.replay(trace)
+    top, live, largest = peak.replay(trace)
     assert top == 180  # blocks 2, 3 and 4; block 1 was freed before
     assert live == {"revsnn/x.py:1 f": 130, "bench/y.py:1 f": 50}
+    assert largest == [(120, "revsnn/x.py:1 f"), (50, "bench/y.py:1 f"),
+                       (10, "revsnn/x.py:1 f")]
 
 
 def test_peak_cpu_step_by_phase():
