@@ -9,7 +9,7 @@ import revsnn
 from revsnn.functional import lif, lif_step
 from revsnn.reference import lif_bptt
 
-from .conftest import DEVICE, assert_close_rel
+from .conftest import DEVICE, SeenOps, assert_close_rel
 
 NODE_OPTIONS = {
     "hard": {},
@@ -240,6 +240,26 @@ def test_kept_for_backward(backend, dtype, per_step, T):
     with torch.no_grad():
         _, saved = saved_tensors(lambda: lif(x, v0, backend=backend))
     assert saved == []
+
+
+def test_direct_and_dispatched_calls_agree(backend):
+    """Eager calls run the ops' implementations directly; under a dispatch mode they go through
+    torch.ops (revsnn/ops/_dispatch.py): the same bits either way."""
+    x = make_x((4, 3, 5, 2), seed=21, requires_grad=True)
+    v0 = make_x((3, 5, 2), scale=0.5, seed=22, shift=0.0, requires_grad=True)
+    params = dict(tau=make_param([2.0, 3.0, 1.5, 4.0, 2.5]), v_threshold=0.9)
+    gs = make_x(x.shape, 1.0, seed=23, shift=0.0)
+    gv = make_x(v0.shape, 1.0, seed=24, shift=0.0)
+
+    def run():
+        s, v, g = grads(lambda a, b, **k: lif(a, b, backend=backend, **k), x, v0, params, gs, gv)
+        return (s, v) + tuple(g)
+    plain = run()
+    with SeenOps() as seen:
+        dispatched = run()
+    assert {"revsnn::lif_fwd", "revsnn::lif_bwd"} <= seen.ops
+    for a, b in zip(plain, dispatched):
+        assert torch.equal(a, b)
 
 
 def test_compile_fullgraph(backend):

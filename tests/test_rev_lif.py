@@ -10,9 +10,10 @@ import revsnn
 from revsnn._config import POISON_LIMIT, RevLIFConfig, grid_for
 from revsnn.functional import rev_lif, rev_lif_inverse
 from revsnn.reference import rev_lif_float64, rev_lif_int
+from revsnn.ops._dispatch import direct
 from revsnn.state import RevLIFState
 
-from .conftest import DEVICE, assert_close_rel
+from .conftest import DEVICE, SeenOps, assert_close_rel
 
 NODE_OPTIONS = {
     "hard": {},
@@ -448,6 +449,38 @@ def test_compile_fullgraph_aot_eager():
 def test_compile_fullgraph_inductor():
     torch._dynamo.reset()
     _compiled_matches_eager("inductor")
+
+
+# -- dispatch: direct eager calls, the dispatcher wherever something must see the op -------------
+def test_direct_call_only_where_nothing_must_see_the_op():
+    x = torch.zeros(3, device=DEVICE)
+    assert not direct((x,))  # grad mode on: a double backward must record the op
+    with torch.no_grad():
+        assert direct((x, None, 2.0, "sigmoid"))
+        assert not direct((x.to("meta"),))
+        with SeenOps():
+            assert not direct((x,))
+        with torch.profiler.profile():
+            assert not direct((x,))
+
+
+def test_direct_and_dispatched_calls_agree(backend):
+    x = make_x((5, 2, 6, 3), seed=4, requires_grad=True)
+    tau = torch.full((6,), 2.5, device=DEVICE, requires_grad=True)
+    g = make_x(x.shape, seed=5)
+
+    def run():
+        y, st = rev_lif(x, tau=tau, backend=backend)
+        y.backward(g)
+        out = y.detach(), st.v_fixed, x.grad, tau.grad
+        x.grad = tau.grad = None
+        return out
+    plain = run()
+    with SeenOps() as seen:
+        dispatched = run()
+    assert {"revsnn::rev_lif_fwd", "revsnn::rev_lif_bwd"} <= seen.ops
+    for a, b in zip(plain, dispatched):
+        assert torch.equal(a, b)
 
 
 # -- per-channel and learnable tau / v_threshold -------------------------------------------------

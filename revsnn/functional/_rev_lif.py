@@ -153,8 +153,8 @@ def rev_lif_inverse(y: torch.Tensor, state: RevLIFState, *, tau: Param = 2.0,
     with torch.no_grad():
         tau_t = channel_param(tau, "tau", y.shape[lay.dim], y.device)
         vth_t = channel_param(v_threshold, "v_threshold", y.shape[lay.dim], y.device)
-        x, v0 = torch.ops.revsnn.rev_lif_inv(y4, vT, state.stash, tau_t, vth_t,
-                                             *_node_args(cfg), backend)
+        x, v0 = _op.rev_lif_inv(y4, vT, state.stash, tau_t, vth_t, *_node_args(cfg),
+                                backend)
     out = RevLIFState(v0.view(y.shape[1:]), state.stash.new_empty(0, lay.pairs))
     if validate:
         out.check("rev_lif_inverse")

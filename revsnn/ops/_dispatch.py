@@ -55,26 +55,61 @@ def grid_1d(n: int, op: str) -> tuple[int]:
     return (-(-n // LAUNCH[op][0]),)
 
 
-def differentiable(op, packet, setup_context, backward):
-    """Register ``op``'s autograd (custom op ``op``, ``packet`` its ``torch.ops`` entry) and
-    return a differentiable callable with its arguments. torch.compile traces the registered
-    op; eager calls go through an equivalent ``torch.autograd.Function``, whose dispatch costs
-    less host time (about 30 us less per forward of the reversible node on the 2-core CPU of
-    bench/RESULTS.md, kernel launch excluded; 15 to 20 us more since its forward takes ctx)."""
-    op.register_autograd(backward, setup_context=setup_context)
+def direct(args) -> bool:
+    """True where an op may run its Python implementation itself instead of going through the
+    dispatcher: eager, grad mode off (inside ``autograd.Function.forward``, or a first-order
+    backward), no profiler, no Python dispatch or torch-function mode, and only plain CPU or
+    CUDA tensors. Everywhere else (torch.compile, meta and fake tensors, FlopCounterMode and
+    other modes, profiling, double backward) the dispatcher must see the op."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or torch._C._autograd._profiler_enabled() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled()):
+        return False
+    return all(type(a) is torch.Tensor and a.device.type in ("cpu", "cuda")
+               for a in args if isinstance(a, torch.Tensor))
+
+
+class Op:
+    """A ``torch.library`` custom op (``custom``, its ``torch.ops`` entry ``packet``) that eager
+    calls run directly where :func:`direct` allows: the dispatcher's Python round trip took
+    12 us per forward and 17 us per backward of the reversible node on the 2-core CPU of
+    bench/RESULTS.md, out of about 150 us of host time per forward + backward."""
+
+    def __init__(self, name: str, impl) -> None:
+        self.impl = impl
+        self.custom = torch.library.custom_op(f"revsnn::{name}", mutates_args=())(impl)
+        self.packet = getattr(torch.ops.revsnn, name)
+        self.register_fake = self.custom.register_fake
+
+    def __call__(self, *args):
+        return self.impl(*args) if direct(args) else self.packet(*args)
+
+
+def custom_op(name: str):
+    """Decorator: the function becomes the custom op ``revsnn::<name>``, as an :class:`Op`."""
+    return lambda impl: Op(name, impl)
+
+
+def differentiable(op: Op, setup_context, backward):
+    """Register ``op``'s autograd and return a differentiable callable with its arguments.
+    torch.compile traces the registered op; eager calls go through an equivalent
+    ``torch.autograd.Function``, whose dispatch costs less host time (about 30 us less per
+    forward of the reversible node on the 2-core CPU of bench/RESULTS.md, kernel launch
+    excluded; 15 to 20 us more since its forward takes ctx)."""
+    op.custom.register_autograd(backward, setup_context=setup_context)
 
     def forward(ctx, *args):
         # the ctx-taking form: Function.apply with a separate setup_context binds the
         # arguments through inspect.signature on every call (15 us each on the CPU of
         # bench/RESULTS.md)
-        output = packet(*args)
+        output = op(*args)
         setup_context(ctx, args, output)
         return output
-    function = type(f"{packet.__name__}_function", (torch.autograd.Function,), dict(
+    function = type(f"{op.packet.__name__}_function", (torch.autograd.Function,), dict(
         forward=staticmethod(forward), backward=staticmethod(backward)))
 
     def apply(*args):
         if torch.compiler.is_compiling():
-            return packet(*args)
+            return op.packet(*args)
         return function.apply(*args)
     return apply

@@ -19,8 +19,8 @@ import torch
 
 from .._config import LIFConfig
 from ..reference import lif as twin
-from ._dispatch import (differentiable, grid_1d, kernels_module, launch_options,
-                        use_triton)
+from ._dispatch import (custom_op, differentiable, grid_1d, kernels_module,
+                        launch_options, use_triton)
 
 # The node's scalar options, in the order every custom op below takes them.
 NODE_ARGS = ("decay_input", "v_reset", "surrogate", "surrogate_alpha", "detach_reset")
@@ -112,7 +112,7 @@ def _reduce(partial: torch.Tensor, p: torch.Tensor, C: int, I: int) -> torch.Ten
 
 
 # -- custom ops ----------------------------------------------------------------------------------
-@torch.library.custom_op("revsnn::lif_fwd", mutates_args=())
+@custom_op("lif_fwd")
 def lif_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: Optional[torch.Tensor],
             tau_value: float, v_threshold: Optional[torch.Tensor], v_threshold_value: float,
             decay_input: bool, v_reset: Optional[float], surrogate: str, surrogate_alpha: float,
@@ -136,7 +136,7 @@ def _(x, v0, tau, tau_value, v_threshold, v_threshold_value, decay_input, v_rese
             x.new_empty((T if save_h else 0, N), dtype=acc))
 
 
-@torch.library.custom_op("revsnn::lif_bwd", mutates_args=())
+@custom_op("lif_bwd")
 def lif_bwd(gs: torch.Tensor, gv: torch.Tensor, h: torch.Tensor, v0: Optional[torch.Tensor],
             tau: Optional[torch.Tensor], tau_value: float, v_threshold: Optional[torch.Tensor],
             v_threshold_value: float, decay_input: bool, v_reset: Optional[float],
@@ -178,12 +178,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gs, gv, _gh):
     h, v0, tau, vth = ctx.saved_tensors
-    gx, gv0, g_tau, g_vth = torch.ops.revsnn.lif_bwd(
+    gx, gv0, g_tau, g_vth = lif_bwd(
         gs.contiguous(), gv.contiguous(), h, v0, tau, ctx.values[0], vth, ctx.values[1],
         *ctx.node_args, ctx.grad_tau, ctx.grad_vth, *ctx.layout, ctx.backend)
     return ((gx, gv0 if ctx.grad_v0 else None, g_tau if ctx.grad_tau else None, None,
              g_vth if ctx.grad_vth else None) + (None,) * 10)
 
 
-apply_lif = differentiable(lif_fwd, torch.ops.revsnn.lif_fwd, _setup_context, _backward)
+apply_lif = differentiable(lif_fwd, _setup_context, _backward)
 """``lif_fwd`` with autograd: its arguments; differentiable in x, v0, tau and v_threshold."""

@@ -15,8 +15,8 @@ import torch
 from .._config import F_BITS, RevLIFConfig, grid_for
 from ..reference import rev_lif as twin
 from ..state import RevLIFState
-from ._dispatch import (differentiable, grid_1d, kernels_module, launch_options,
-                        use_triton)
+from ._dispatch import (custom_op, differentiable, grid_1d, kernels_module,
+                        launch_options, use_triton)
 
 # The scalar node options, in the order every custom op below takes them (RevLIFConfig's).
 NODE_ARGS = tuple(f.name for f in fields(RevLIFConfig))
@@ -123,7 +123,7 @@ def _check_stash(stash: torch.Tensor, cfg: RevLIFConfig, T: int, P: int, where: 
 
 
 # -- custom ops ----------------------------------------------------------------------------------
-@torch.library.custom_op("revsnn::rev_lif_fwd", mutates_args=())
+@custom_op("rev_lif_fwd")
 def rev_lif_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
                 v_threshold: torch.Tensor, is_if: bool, decay_input: bool,
                 v_reset: Optional[float], alpha: float, beta1: float, beta2: float,
@@ -148,7 +148,7 @@ def _(x, v0, tau, v_threshold, is_if, decay_input, v_reset, alpha, beta1, beta2,
             x.new_empty((W, A * R), dtype=torch.int32))
 
 
-@torch.library.custom_op("revsnn::rev_lif_bwd", mutates_args=())
+@custom_op("rev_lif_bwd")
 def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torch.Tensor,
                 tau: torch.Tensor, v_threshold: torch.Tensor, is_if: bool, decay_input: bool,
                 v_reset: Optional[float], alpha: float, beta1: float, beta2: float,
@@ -213,7 +213,7 @@ def _backward(ctx, gy, _g_state, _g_stash):
     y, vT, stash, tau, v_threshold = ctx.saved_tensors
     v0_grad = ctx.v0_dtype is not None and ctx.needs_input_grad[1]
     param_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-    gx, gv0, g_tau, g_vth = torch.ops.revsnn.rev_lif_bwd(
+    gx, gv0, g_tau, g_vth = rev_lif_bwd(
         y, gy.contiguous(), vT, stash, tau, v_threshold, *ctx.node_args, v0_grad, param_grad,
         ctx.backward_mode, ctx.backend)
     return (gx, gv0.to(ctx.v0_dtype) if v0_grad else None,
@@ -221,12 +221,11 @@ def _backward(ctx, gy, _g_state, _g_stash):
             g_vth.to(v_threshold.dtype) if ctx.needs_input_grad[3] else None) + (None,) * 12
 
 
-apply_rev_lif = differentiable(rev_lif_fwd, torch.ops.revsnn.rev_lif_fwd, _setup_context,
-                               _backward)
+apply_rev_lif = differentiable(rev_lif_fwd, _setup_context, _backward)
 """``rev_lif_fwd`` with autograd: its arguments; differentiable in x, v0, tau, v_threshold."""
 
 
-@torch.library.custom_op("revsnn::rev_lif_inv", mutates_args=())
+@custom_op("rev_lif_inv")
 def rev_lif_inv(y: torch.Tensor, vT: torch.Tensor, stash: torch.Tensor, tau: torch.Tensor,
                 v_threshold: torch.Tensor, is_if: bool, decay_input: bool,
                 v_reset: Optional[float], alpha: float, beta1: float, beta2: float,
