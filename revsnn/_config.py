@@ -261,7 +261,8 @@ def check_float_tensor(t: torch.Tensor, name: str) -> None:
 
 @dataclass(frozen=True)
 class Layout:
-    """x of shape [T, *lead, C, *trail] viewed as [T, A, 2, R] (A = prod(lead), R = C/2*prod(trail)).
+    """x of shape [T, *lead, C, *trail] viewed as [T, A, 2, R] (A = prod(lead),
+    R = C/2*prod(trail)).
 
     Group 1 is the first C/2 channels, group 2 the rest; a neuron pair p = a*R + r holds
     group 1 at offset a*2R + r and group 2 at a*2R + R + r of each time step.

@@ -73,7 +73,8 @@ def main(argv=None) -> None:
     exact = torch.equal(x_rec, x_grid) and not state0.v_fixed.any()
     print(f"inverse rebuilt x and the initial state bit for bit: {exact} "
           f"(max |x_rec - x| = {(x_rec - x_grid).abs().max().item():.1e} over "
-          f"{x.numel()} values; spike rate {(y.detach() - x_grid.roll(shape[1] // 2, 2)).mean().item():.3f})")
+          f"{x.numel()} values; spike rate "
+          f"{(y.detach() - x_grid.roll(shape[1] // 2, 2)).mean().item():.3f})")
     if not exact:
         raise SystemExit("reconstruction was not exact")
     y.sum().backward()
@@ -90,7 +91,7 @@ def main(argv=None) -> None:
     nodes = [("RevLIF (revsnn, fused)", lambda: rev_lif(x)[0]),
              ("LIF (revsnn, fused)", lambda: lif(x)[0]),
              ("LIF, hand-written PyTorch loop", lambda: plain_lif(x))]
-    print(f"\n| node | kept for backward, bytes/neuron | time per step, fwd+bwd |")
+    print("\n| node | kept for backward, bytes/neuron | time per step, fwd+bwd |")
     print("|---|---|---|")
     for name, fn in nodes:
         _, kept = _kept(fn)
