@@ -29,6 +29,7 @@ from typing import Iterable
 
 import torch
 
+from .common import Missing
 from .network import MIB, VARIANTS, SGDStep
 
 ROOT = f"{Path(__file__).resolve().parents[1]}/"
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peak", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18")
     p.add_argument("--variant", action="append", choices=list(VARIANTS),
-                   help="repeatable (default: revlif and revlif-rev)")
+                   help="repeatable (default: sj, revlif and revlif-rev)")
     p.add_argument("--T", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--top", type=int, default=12, help="origins listed at the peak (CUDA)")
@@ -155,9 +156,13 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     if not cuda:
         torch.set_num_threads(1)
-    for variant in args.variant or ["revlif", "revlif-rev"]:
+    for variant in args.variant or ["sj", "revlif", "revlif-rev"]:
         what = f"{args.model} {variant}, T = {args.T}, batch {args.batch}"
-        r = (cuda_peak if cuda else cpu_peak)(args.model, variant, args.T, args.batch, {})
+        try:
+            r = (cuda_peak if cuda else cpu_peak)(args.model, variant, args.T, args.batch, {})
+        except Missing as e:
+            print(f"\n## {what}: missing ({e})")
+            continue
         phases = ", ".join(f"{k} {v / MIB:.0f}" for k, v in r["phases"].items())
         above = ("the allocations before the model" if cuda else
                  "what was live when the step began: weights, momentum, input")
