@@ -20,6 +20,8 @@ import argparse
 import time
 
 import torch
+import triton
+import triton.language as tl
 
 from revsnn._config import RevLIFConfig, channel_param
 from revsnn.functional import rev_lif
@@ -149,11 +151,52 @@ def _host_ms(fn, device: torch.device, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
+@triton.jit
+def _copy_kernel(src, dst, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), mask=offs < n)
+
+
+class _Clone(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _NoLaunch:
+    """Stands in for a kernels module: every kernel's launch does nothing."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _no_launch(fn):
+    """``fn`` with the reversible node's kernel launches left out (outputs still allocated):
+    what the host spends around the launches."""
+    def run():
+        current = op.kernels_module
+        op.kernels_module = lambda name: _NoLaunch()
+        try:
+            fn()
+        finally:
+            op.kernels_module = current
+    return run
+
+
 def host_times(device: torch.device, reps: int = 200) -> list:
     """(label, host ms per call, or the reason it is missing) for the layers of the reversible
     node's call and for SpikingJelly's Triton LIF, at :data:`HOST_SHAPE`: the raw kernel
     launches (``launch_fwd``/``launch_bwd``: output allocation + Triton's launch), the
-    functional call without and with autograd recording, and forward + backward."""
+    functional call without and with autograd recording, forward + backward, and forward +
+    backward with the launches left out; beside them, what the machine takes for an
+    allocation, a 3-argument Triton launch and a trivial autograd.Function."""
     from . import nodes
     from .common import Missing
     T, B, C = HOST_SHAPE
@@ -179,6 +222,10 @@ def host_times(device: torch.device, reps: int = 200) -> list:
         return run
     revlif = nodes.build("revlif", device, torch.float32).fn
     rows = [
+        ("machine: torch.empty_like", lambda: torch.empty_like(x)),
+        ("machine: a Triton kernel launch (copy, 3 arguments)",
+         lambda: _copy_kernel[(1,)](x4, gy, x4.numel(), BLOCK=256)),
+        ("machine: a trivial autograd.Function, forward + backward", fwd_bwd(_Clone.apply)),
         ("revsnn: forward kernel launch (launch_fwd)",
          lambda: op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")),
         ("revsnn: backward kernel launch (launch_bwd)",
@@ -187,6 +234,8 @@ def host_times(device: torch.device, reps: int = 200) -> list:
         ("revsnn RevLIF: forward, no autograd", no_grad(revlif)),
         ("revsnn RevLIF: forward, autograd recording", lambda: revlif(x)),
         ("revsnn RevLIF: forward + backward", fwd_bwd(revlif)),
+        ("revsnn RevLIF: forward + backward, kernel launches left out", _no_launch(
+            fwd_bwd(revlif))),
     ]
     try:
         sj = nodes.build("sj-triton", device, torch.float32).fn

@@ -201,5 +201,6 @@ def test_sweep_host_times_runs_every_layer():
     rows = dict(sweep.host_times(torch.device("cuda" if torch.cuda.is_available() else "cpu"),
                                  reps=2))
     revsnn_rows = [v for k, v in rows.items() if k.startswith("revsnn")]
-    assert len(revsnn_rows) == 5 and all(isinstance(v, float) and v > 0 for v in revsnn_rows)
+    assert len(revsnn_rows) == 6 and all(isinstance(v, float) and v > 0 for v in revsnn_rows)
+    assert sum(k.startswith("machine") for k in rows) == 3
     assert any(k.startswith("SpikingJelly") for k in rows)
