@@ -65,8 +65,11 @@ def direct(args) -> bool:
             or torch._C._autograd._profiler_enabled() or torch._C._len_torch_dispatch_stack()
             or torch._C._is_torch_function_mode_enabled()):
         return False
-    return all(type(a) is torch.Tensor and a.device.type in ("cpu", "cuda")
-               for a in args if isinstance(a, torch.Tensor))
+    for a in args:
+        if isinstance(a, torch.Tensor) and not (type(a) is torch.Tensor
+                                                and (a.is_cuda or a.is_cpu)):
+            return False
+    return True
 
 
 class Op:
