@@ -80,11 +80,14 @@ def replay(entries: Iterable[dict]) -> tuple[int, Counter, list]:
     return peak, by_origin, largest
 
 
-def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> dict:
+def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
+              device: str = "cuda") -> dict:
+    """Phase peaks and the trace at the step's peak on CUDA (``device`` lets a test drive this
+    path with the torch.cuda calls replaced)."""
     gc.collect()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
-    step = SGDStep(model_name, variant, T, batch, kw, "cuda")
+    step = SGDStep(model_name, variant, T, batch, kw, device)
     step()  # warm-up: compilation, momentum buffers
     phases = {}
 

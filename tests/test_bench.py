@@ -204,3 +204,27 @@ def test_sweep_host_times_runs_every_layer():
     assert len(revsnn_rows) == 6 and all(isinstance(v, float) and v > 0 for v in revsnn_rows)
     assert sum(k.startswith("machine") for k in rows) == 3
     assert any(k.startswith("SpikingJelly") for k in rows)
+
+
+def test_peak_cuda_path_with_the_allocator_calls_replaced(monkeypatch):
+    """bench.peak's CUDA path runs on GPU machines only; here its torch.cuda calls are replaced
+    by stand-ins (a fixed allocator trace) so that every line of it runs on CPU too."""
+    frames = [dict(filename=f"{peak.ROOT}revsnn/nn/blocks.py", line=7, name="invert")]
+    trace = [dict(action="alloc", addr=1, size=3 << 20, frames=frames),
+             dict(action="alloc", addr=2, size=1 << 20, frames=[]),
+             dict(action="free_completed", addr=1, size=3 << 20, frames=frames)]
+    calls = []
+    fake = dict(synchronize=lambda: None, memory_allocated=lambda: 10 << 20,
+                max_memory_allocated=lambda: 50 << 20, reset_peak_memory_stats=lambda: None,
+                current_device=lambda: 0)
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history",
+                        lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda: {"device_traces": [trace]})
+    r = peak.cuda_peak("vgg11", "revlif-rev", 2, 2, dict(width=16), device="cpu")
+    assert r["phases"] == {p: 40 << 20 for p in network.SGDStep.PHASES}
+    assert r["traced_peak"] == 4 << 20 and r["start"] == 0
+    assert r["live"] == {"revsnn/nn/blocks.py:7 invert": 3 << 20,
+                         "(no Python frame of revsnn, bench or torch.nn)": 1 << 20}
+    assert calls[-1] == dict(enabled=None)  # recording switched off again
