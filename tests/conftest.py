@@ -15,15 +15,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 class SeenOps(TorchDispatchMode):
-    """A dispatch mode that changes nothing and records the ops it sees."""
+    """A dispatch mode that changes nothing and records the ops it sees: ``ops`` (names) and
+    ``calls`` (in order: name, and the element count of the output if it is one tensor)."""
 
     def __init__(self):
         super().__init__()
-        self.ops = set()
+        self.ops, self.calls = set(), []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         self.ops.add(func.name())
-        return func(*args, **(kwargs or {}))
+        self.calls.append((func.name(), out.numel() if isinstance(out, torch.Tensor) else None))
+        return out
+
+    def filled_before(self, op: str) -> list:
+        """Element counts of the tensors zero-filled before the first call of ``op``."""
+        names = [n for n, _ in self.calls]
+        return [k for n, k in self.calls[:names.index(op)]
+                if n in ("aten::zeros", "aten::new_zeros", "aten::zeros_like", "aten::zero_",
+                         "aten::fill_")]
 
 
 def assert_close_rel(a, b, rel=1e-5):

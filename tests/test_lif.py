@@ -262,6 +262,19 @@ def test_direct_and_dispatched_calls_agree(backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("uses", ["spikes", "potential", "both"])
+def test_backward_fills_only_the_gradients_it_needs(backend, uses):
+    """H takes no gradient (no [T, N] tensor of zeros per backward); an unused output's
+    gradient is zeros of that output's size, made only then."""
+    x = make_x((4, 3, 5), seed=25, requires_grad=True)
+    s, v = lif(x, backend=backend)
+    loss = {"spikes": s.sum(), "potential": v.sum(), "both": s.sum() + v.sum()}[uses]
+    with SeenOps() as seen:
+        loss.backward()
+    want = {"spikes": [v.numel()], "potential": [s.numel()], "both": []}[uses]
+    assert seen.filled_before("revsnn::lif_bwd") == want
+
+
 def test_compile_fullgraph(backend):
     """torch.compile(fullgraph=True) traces through the custom ops (aot_eager: no codegen)."""
     tau = make_param([2.0, 3.0, 1.5, 4.0, 2.5])

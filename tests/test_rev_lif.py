@@ -483,6 +483,16 @@ def test_direct_and_dispatched_calls_agree(backend):
         assert torch.equal(a, b)
 
 
+def test_backward_fills_no_gradient_for_the_integer_outputs(backend):
+    """The final state and the stash take no gradient; materialising theirs would allocate and
+    zero-fill two tensors on every backward."""
+    x = make_x((5, 2, 6, 3), seed=6, requires_grad=True)
+    y, _ = rev_lif(x, backend=backend)
+    with SeenOps() as seen:
+        y.backward(torch.ones_like(y))
+    assert seen.filled_before("revsnn::rev_lif_bwd") == []
+
+
 # -- per-channel and learnable tau / v_threshold -------------------------------------------------
 def channel_params(C, seed=0, requires_grad=False):
     g = torch.Generator().manual_seed(seed)

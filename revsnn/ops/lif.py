@@ -172,12 +172,18 @@ def _setup_context(ctx, inputs, output):
     ctx.node_args = inputs[6:11]
     ctx.layout = inputs[11:13]
     ctx.backend = inputs[14]
+    ctx.spike_dtype = output[0].dtype
     ctx.mark_non_differentiable(output[2])
-    ctx.set_materialize_grads(True)
+    # no zeros for the gradients that are not there: H's would be a [T, N] tensor to fill
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, gs, gv, _gh):
     h, v0, tau, vth = ctx.saved_tensors
+    if gs is None:
+        gs = torch.zeros(h.shape, dtype=ctx.spike_dtype, device=h.device)
+    if gv is None:  # the final potential unused: common, and only [N]
+        gv = h.new_zeros(h.shape[1])
     gx, gv0, g_tau, g_vth = lif_bwd(
         gs.contiguous(), gv.contiguous(), h, v0, tau, ctx.values[0], vth, ctx.values[1],
         *ctx.node_args, ctx.grad_tau, ctx.grad_vth, *ctx.layout, ctx.backend)

@@ -206,11 +206,15 @@ def _setup_context(ctx, inputs, output):
     ctx.node_args = inputs[4:4 + len(NODE_ARGS)]
     ctx.backward_mode, ctx.backend = inputs[-2], inputs[-1]
     ctx.v0_dtype = v0.dtype if v0 is not None and v0.is_floating_point() else None
-    ctx.set_materialize_grads(True)
+    # the integer state and stash take no gradient: materialised, each would be a tensor of
+    # zeros to allocate and fill on every backward
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, gy, _g_state, _g_stash):
     y, vT, stash, tau, v_threshold = ctx.saved_tensors
+    if gy is None:
+        gy = torch.zeros_like(y)
     v0_grad = ctx.v0_dtype is not None and ctx.needs_input_grad[1]
     param_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
     gx, gv0, g_tau, g_vth = rev_lif_bwd(
