@@ -6,5 +6,7 @@ effective bandwidth), ``bench.memory`` (bytes a node keeps for backward per neur
 models). The node implementations compared live in ``bench.nodes``; measurement, tables and the
 record of the machine in ``bench.common``. After a run: ``python -m bench.summary`` (headline
 against the targets), ``python -m bench.report`` (the tables of bench/RESULTS.md) and
-``python -m bench.plots`` (redraw the PNGs), each with ``--out DIR``.
+``python -m bench.plots`` (redraw the PNGs), each with ``--out DIR``. Diagnostics of their own:
+``python -m bench.sweep`` (launch configurations, host time per call; GPU) and
+``python -m bench.peak`` (a training step's peak memory, taken apart).
 """
