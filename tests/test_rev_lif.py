@@ -1,4 +1,5 @@
 """Reversible LIF node: exactness, kernel == twin, gradients, flags, memory, API."""
+import contextlib
 import gc
 import math
 import weakref
@@ -204,6 +205,21 @@ def test_error_flag_fires(backend, case):
     # the flag travels with the state into the next call
     _, st2 = rev_lif(x.detach()[:2].nan_to_num(0).clamp(-1, 1), st, **kw)
     assert st2.error() is not None
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.parametrize("path", ["direct", "dispatcher"])
+def test_flag_raises_at_backward_on_either_path(backend, path):
+    """Eager calls read the state's smallest word, taken in the forward, after the backward's
+    launch; through the dispatcher (here: under a dispatch mode) the backward op checks the
+    state itself. Both raise."""
+    x = make_x((8, 2, 4, 3), seed=1, requires_grad=True)
+    with torch.no_grad():
+        x[3, 1, 2, 0] = float("nan")
+    with SeenOps() if path == "dispatcher" else contextlib.nullcontext():
+        y, _ = rev_lif(x, backend=backend)
+        with pytest.raises(ValueError, match="flagged"):
+            y.sum().backward()
 
 
 def test_in_range_extremes_pass(backend):

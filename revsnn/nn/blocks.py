@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from .._config import channel_dim
+from .._readback import Readback
 
 GRID_BITS = 16
 """Block values are multiples of ``2**-GRID_BITS``."""
@@ -308,7 +309,8 @@ class _RevChain(torch.autograd.Function):
             y = b.couple(y, snaps)
             if y.numel():
                 amax = torch.maximum(amax, y.abs().amax())
-        ctx.blocks, ctx.snaps, ctx.amax = blocks, snaps, amax
+        # read in the backward after nothing more than the forward (see Readback)
+        ctx.blocks, ctx.snaps, ctx.amax = blocks, snaps, Readback(amax)
         ctx.index = {id(p): i for i, p in enumerate(params)}  # gradient slot of each parameter
         ctx.autocast = _Autocast(x.device.type)
         ctx.x_dtype = x.dtype
@@ -318,10 +320,11 @@ class _RevChain(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         (y,) = ctx.saved_tensors
-        if not bool(ctx.amax < LIMIT):
+        amax = ctx.amax.value()
+        if not amax < LIMIT:
             raise ValueError(
                 f"RevSequential backward: a block input or output reached |value| = "
-                f"{float(ctx.amax)} (or NaN/Inf); reversible blocks rebuild their input exactly "
+                f"{amax} (or NaN/Inf); reversible blocks rebuild their input exactly "
                 f"only while |value| < {LIMIT:g} (grid 2**-{GRID_BITS} in float32). Scale the "
                 f"activations down (e.g. normalise inside f/g) or use reversible=False.")
         index = ctx.index

@@ -12,10 +12,11 @@ from typing import Optional
 
 import torch
 
-from .._config import F_BITS, RevLIFConfig, grid_for
+from .._config import F_BITS, POISON_LIMIT, RevLIFConfig, grid_for
+from .._readback import Readback
 from ..reference import rev_lif as twin
 from ..state import RevLIFState
-from ._dispatch import (custom_op, differentiable, grid_1d, kernels_module,
+from ._dispatch import (custom_op, differentiable, direct, grid_1d, kernels_module,
                         launch_options, use_triton)
 
 # The scalar node options, in the order every custom op below takes them (RevLIFConfig's).
@@ -153,10 +154,11 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
                 tau: torch.Tensor, v_threshold: torch.Tensor, is_if: bool, decay_input: bool,
                 v_reset: Optional[float], alpha: float, beta1: float, beta2: float,
                 surrogate: str, surrogate_alpha: float, detach_reset: bool, v0_grad: bool,
-                param_grad: bool, backward: str, backend: str,
+                param_grad: bool, check_state: bool, backward: str, backend: str,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dL/dx [T, A, 2, R], dL/dv0 [A, 2, R] or empty, dL/dtau, dL/dv_threshold (tau's
-    shape, or empty)) from the saved y, state and stash.
+    shape, or empty)) from the saved y, state and stash. check_state: raise ValueError if the
+    state was flagged (False: the caller checks it).
 
     backward="fused": one time-reversed pass that rebuilds the trajectory and the gradient.
     backward="recompute": the usual reversible-network way, for comparison: invert to x, re-run
@@ -178,7 +180,8 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
     # The flag check waits for the device: made after the launches, the device runs the
     # backward meanwhile instead of idling while the host prepares it. A flagged state's
     # gradient (computed from poison words, harmlessly) is never returned.
-    RevLIFState(vT, stash).check("rev_lif backward")
+    if check_state:
+        RevLIFState(vT, stash).check("rev_lif backward")
 
     def empty():
         return vT.new_empty(0, dtype=acc)
@@ -191,7 +194,8 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
 
 @rev_lif_bwd.register_fake
 def _(y, gy, vT, stash, tau, v_threshold, is_if, decay_input, v_reset, alpha, beta1, beta2,
-      surrogate, surrogate_alpha, detach_reset, v0_grad, param_grad, backward, backend):
+      surrogate, surrogate_alpha, detach_reset, v0_grad, param_grad, check_state, backward,
+      backend):
     acc = torch.float64 if y.dtype == torch.float64 else torch.float32
     return (torch.empty_like(y), vT.new_empty(vT.shape if v0_grad else (0,), dtype=acc),
             vT.new_empty(tau.shape if param_grad else (0,), dtype=acc),
@@ -206,6 +210,11 @@ def _setup_context(ctx, inputs, output):
     ctx.node_args = inputs[4:4 + len(NODE_ARGS)]
     ctx.backward_mode, ctx.backend = inputs[-2], inputs[-1]
     ctx.v0_dtype = v0.dtype if v0 is not None and v0.is_floating_point() else None
+    # The backward must raise if the state was flagged. Its smallest word, taken now and read
+    # there (Readback), spares that check a wait for the backward kernel; where the dispatcher
+    # must see the ops (torch.compile, modes), the backward op checks the state itself.
+    ctx.state_min = (Readback(vT.amin())
+                     if any(ctx.needs_input_grad) and vT.numel() and direct((vT,)) else None)
     # the integer state and stash take no gradient: materialised, each would be a tensor of
     # zeros to allocate and fill on every backward
     ctx.set_materialize_grads(False)
@@ -217,9 +226,12 @@ def _backward(ctx, gy, _g_state, _g_stash):
         gy = torch.zeros_like(y)
     v0_grad = ctx.v0_dtype is not None and ctx.needs_input_grad[1]
     param_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+    checked = ctx.state_min
     gx, gv0, g_tau, g_vth = rev_lif_bwd(
         y, gy.contiguous(), vT, stash, tau, v_threshold, *ctx.node_args, v0_grad, param_grad,
-        ctx.backward_mode, ctx.backend)
+        checked is None, ctx.backward_mode, ctx.backend)
+    if checked is not None and checked.value() < POISON_LIMIT:
+        RevLIFState(vT, stash).check("rev_lif backward")  # raises, with what was flagged
     return (gx, gv0.to(ctx.v0_dtype) if v0_grad else None,
             g_tau.to(tau.dtype) if ctx.needs_input_grad[2] else None,
             g_vth.to(v_threshold.dtype) if ctx.needs_input_grad[3] else None) + (None,) * 12
