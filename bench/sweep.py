@@ -10,7 +10,9 @@ every row gives the same bits; then the whole autograd call (``revsnn.functional
 its backward) at the default configuration, whose excess over the raw kernels is host time the
 device waited for; then the host time per call of each layer of that call (``host_times``:
 kernel launches alone, the functional call, autograd) next to SpikingJelly's Triton LIF, and a
-``torch.profiler`` table of one forward + backward. ``--host``: the host table only.
+``torch.profiler`` table of one forward + backward. ``--host``: the host table only; it also
+runs on CPU under ``TRITON_INTERPRET=1``, where it times the host path with the launches left
+out.
 Bytes counted: forward reads x and writes y and the stash; backward reads y, the output gradient
 and the stash and writes the input gradient (the final state is negligible).
 """
@@ -168,18 +170,23 @@ class _Clone(torch.autograd.Function):
 
 
 class _NoLaunch:
-    """Stands in for a kernels module: every kernel's launch does nothing."""
+    """Stands in for a kernels module: a kernel's launch only zeroes its int32 arguments, so
+    that the state it leaves reads as healthy (a flagged one would make the backward raise)."""
 
     def __getattr__(self, name):
         return self
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        def launch(*args, **kwargs):
+            for a in args:
+                if isinstance(a, torch.Tensor) and a.dtype == torch.int32:
+                    a.zero_()
+        return launch
 
 
 def _no_launch(fn):
-    """``fn`` with the reversible node's kernel launches left out (outputs still allocated):
-    what the host spends around the launches."""
+    """``fn`` with the reversible node's kernel launches left out (outputs still allocated, the
+    int32 ones zeroed): what the host spends around the launches."""
     def run():
         current = op.kernels_module
         op.kernels_module = lambda name: _NoLaunch()
@@ -194,9 +201,10 @@ def host_times(device: torch.device, reps: int = 200) -> list:
     """(label, host ms per call, or the reason it is missing) for the layers of the reversible
     node's call and for SpikingJelly's Triton LIF, at :data:`HOST_SHAPE`: the raw kernel
     launches (``launch_fwd``/``launch_bwd``: output allocation + Triton's launch), the
-    functional call without and with autograd recording, forward + backward, and forward +
-    backward with the launches left out; beside them, what the machine takes for an
-    allocation, a 3-argument Triton launch and a trivial autograd.Function."""
+    functional call without and with autograd recording, forward + backward, and both with the
+    launches left out; beside them, what the machine takes for an allocation, a 3-argument
+    Triton launch and a trivial autograd.Function. On CPU (Triton's interpreter, which would
+    time Python running the kernels) only the rows without a launch."""
     from . import nodes
     from .common import Missing
     T, B, C = HOST_SHAPE
@@ -220,12 +228,21 @@ def host_times(device: torch.device, reps: int = 200) -> list:
             with torch.no_grad():
                 fn(x)
         return run
-    revlif = nodes.build("revlif", device, torch.float32).fn
-    rows = [
+
+    def revlif(inp):
+        return rev_lif(inp, backend="triton")[0]
+    host_path = [
         ("machine: torch.empty_like", lambda: torch.empty_like(x)),
+        ("machine: a trivial autograd.Function, forward + backward", fwd_bwd(_Clone.apply)),
+        ("revsnn RevLIF: forward, kernel launches left out", _no_launch(lambda: revlif(x))),
+        ("revsnn RevLIF: forward + backward, kernel launches left out",
+         _no_launch(fwd_bwd(revlif))),
+    ]
+    if device.type != "cuda":
+        return [(label, _host_ms(fn, device, reps)) for label, fn in host_path]
+    rows = host_path + [
         ("machine: a Triton kernel launch (copy, 3 arguments)",
          lambda: _copy_kernel[(1,)](x4, gy, x4.numel(), BLOCK=256)),
-        ("machine: a trivial autograd.Function, forward + backward", fwd_bwd(_Clone.apply)),
         ("revsnn: forward kernel launch (launch_fwd)",
          lambda: op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")),
         ("revsnn: backward kernel launch (launch_bwd)",
@@ -234,8 +251,6 @@ def host_times(device: torch.device, reps: int = 200) -> list:
         ("revsnn RevLIF: forward, no autograd", no_grad(revlif)),
         ("revsnn RevLIF: forward, autograd recording", lambda: revlif(x)),
         ("revsnn RevLIF: forward + backward", fwd_bwd(revlif)),
-        ("revsnn RevLIF: forward + backward, kernel launches left out", _no_launch(
-            fwd_bwd(revlif))),
     ]
     try:
         sj = nodes.build("sj-triton", device, torch.float32).fn
@@ -247,10 +262,10 @@ def host_times(device: torch.device, reps: int = 200) -> list:
             for label, fn in rows]
 
 
-def _print_host() -> None:
-    print(f"\n### host time per call, shape {list(HOST_SHAPE)} float32 ({HOST_REPS} calls back "
-          f"to back, one synchronisation)\n\n| call | ms |\n|---|---|")
-    for label, ms in host_times(torch.device("cuda"), HOST_REPS):
+def _print_host(device: torch.device) -> None:
+    print(f"\n### host time per call on {device.type}, shape {list(HOST_SHAPE)} float32 "
+          f"({HOST_REPS} calls back to back, one synchronisation)\n\n| call | ms |\n|---|---|")
+    for label, ms in host_times(device, HOST_REPS):
         print(f"| {label} | {ms if isinstance(ms, str) else f'{ms:.4f}'} |")
 
 
@@ -262,14 +277,19 @@ def main(argv=None) -> int:
                     help="also time this copy of kernels/ (at the default launch options)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench.sweep needs a CUDA GPU")
+        if args.host and _dispatch.interpreting():
+            torch.set_num_threads(1)
+            _print_host(torch.device("cpu"))
+            return 0
+        print("bench.sweep needs a CUDA GPU (--host also runs on CPU, under "
+              "TRITON_INTERPRET=1: the host path with the kernel launches left out)")
         return 1
 
     def bench(fn):
         return time_ms(fn, torch.device("cuda"))
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     if args.host:
-        _print_host()
+        _print_host(torch.device("cuda"))
         return 0
     configs = CONFIGS[:2] if args.quick else CONFIGS
     shapes = [(16, 256, 65536)] if args.quick else [(16, 256, 65536), (4, 64, 65536)]
@@ -277,7 +297,7 @@ def main(argv=None) -> int:
     baseline = load_kernels(args.baseline) if args.baseline else None
     for shape in shapes:
         step = sweep(shape, configs, bench, baseline=baseline)
-    _print_host()
+    _print_host(torch.device("cuda"))
     from torch.profiler import ProfilerActivity, profile
     step()
     torch.cuda.synchronize()
