@@ -11,6 +11,7 @@ import revsnn
 from revsnn._config import POISON_LIMIT, RevLIFConfig, grid_for
 from revsnn.functional import rev_lif, rev_lif_inverse
 from revsnn.reference import rev_lif_float64, rev_lif_int
+from revsnn.ops import rev_lif as rev_lif_op
 from revsnn.ops._dispatch import direct
 from revsnn.state import RevLIFState
 
@@ -209,17 +210,25 @@ def test_error_flag_fires(backend, case):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 @pytest.mark.parametrize("path", ["direct", "dispatcher"])
-def test_flag_raises_at_backward_on_either_path(backend, path):
+def test_flag_raises_at_backward_on_either_path(backend, path, monkeypatch):
     """Eager calls read the state's smallest word, taken in the forward, after the backward's
     launch; through the dispatcher (here: under a dispatch mode) the backward op checks the
     state itself. Both raise."""
     x = make_x((8, 2, 4, 3), seed=1, requires_grad=True)
     with torch.no_grad():
         x[3, 1, 2, 0] = float("nan")
+    direct_calls = []  # check_state of each backward op run without the dispatcher
+    impl = rev_lif_op.rev_lif_bwd.impl
+
+    def spy(*args):
+        direct_calls.append(args[17])
+        return impl(*args)
+    monkeypatch.setattr(rev_lif_op.rev_lif_bwd, "impl", spy)
     with SeenOps() if path == "dispatcher" else contextlib.nullcontext():
         y, _ = rev_lif(x, backend=backend)
         with pytest.raises(ValueError, match="flagged"):
             y.sum().backward()
+    assert direct_calls == ([False] if path == "direct" else [])
 
 
 def test_in_range_extremes_pass(backend):
