@@ -225,6 +225,39 @@ def test_one_branch_graph_live_at_a_time():
     assert f.w.grad is not None and g.w.grad is not None
 
 
+class _Stateful(nn.Module):
+    """A neuron as RevBlock sees one (reset() and a state attribute): each call leaves a new
+    state object; with ``watch``, records (when re-run by a backward) the state of that other
+    neuron."""
+
+    def __init__(self, watch=None):
+        super().__init__()
+        self.state, self.seen = None, []
+        self.watch = [watch] if watch is not None else []  # a list: not a submodule of this one
+
+    def reset(self):
+        self.state = None
+
+    def forward(self, x):
+        if self.watch and torch.is_grad_enabled():
+            self.seen.append(self.watch[0].state)
+        self.state = object()
+        return x * 1.0
+
+
+def test_rerun_states_are_dropped_at_once():
+    """A branch's recomputation leaves its neurons with the states they held before it (the
+    rerun's own, a RevLIF's with its stash, would otherwise live until the backward ends)."""
+    g = _Stateful()
+    f = _Stateful(watch=g)
+    x = make_x((2, 2, 4, 3)).requires_grad_()
+    y = RevBlock(f, g)(x)
+    after_forward = g.state
+    y.sum().backward()
+    assert f.seen == [after_forward]
+    assert g.state is after_forward
+
+
 @pytest.mark.parametrize("bad", [LIMIT, float("nan")])
 def test_out_of_range_detected_at_backward(bad):
     net = chain(2)

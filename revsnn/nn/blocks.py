@@ -126,16 +126,22 @@ class _Snapshot:
         self.cuda_rng = torch.cuda.get_rng_state(x.device) if rng and x.is_cuda else None
 
     def rerun(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """module(x) with the neuron states and random numbers of the recorded call."""
+        """module(x) with the neuron states and random numbers of the recorded call. The
+        neurons then get back the states they held before: the rerun's final states (a
+        RevLIF's with its stash) would otherwise stay alive until the backward ends."""
+        before = _states(module)
         _put(self.states)
-        if self.cpu_rng is None:
-            return module(x)
-        devices = [x.device] if self.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.cpu_rng)
-            if self.cuda_rng is not None:
-                torch.cuda.set_rng_state(self.cuda_rng, x.device)
-            return module(x)
+        try:
+            if self.cpu_rng is None:
+                return module(x)
+            devices = [x.device] if self.cuda_rng is not None else []
+            with torch.random.fork_rng(devices=devices):
+                torch.set_rng_state(self.cpu_rng)
+                if self.cuda_rng is not None:
+                    torch.cuda.set_rng_state(self.cuda_rng, x.device)
+                return module(x)
+        finally:
+            _put(before)
 
 
 class _Autocast:
@@ -329,20 +335,15 @@ class _RevChain(torch.autograd.Function):
                 f"activations down (e.g. normalise inside f/g) or use reversible=False.")
         index = ctx.index
         grads: list = [None] * len(index)
-        states = _states(ctx.blocks)
         gy = gy.to(y.dtype)
-        try:
-            with ctx.autocast:
-                for i in range(len(ctx.blocks) - 1, -1, -1):
-                    b = ctx.blocks[i]
-                    bp = [p for p in b.parameters() if p.requires_grad]
-                    with _KeepBuffers(b):
-                        y, gy, pg = b.invert(y, ctx.snaps[2 * i], ctx.snaps[2 * i + 1],
-                                             gy, bp)
-                    for p, g in zip(bp, pg):
-                        grads[index[id(p)]] = _add(grads[index[id(p)]], g)
-        finally:
-            _put(states)
+        with ctx.autocast:  # the neurons keep their states: _Snapshot.rerun puts them back
+            for i in range(len(ctx.blocks) - 1, -1, -1):
+                b = ctx.blocks[i]
+                bp = [p for p in b.parameters() if p.requires_grad]
+                with _KeepBuffers(b):
+                    y, gy, pg = b.invert(y, ctx.snaps[2 * i], ctx.snaps[2 * i + 1], gy, bp)
+                for p, g in zip(bp, pg):
+                    grads[index[id(p)]] = _add(grads[index[id(p)]], g)
         gx = gy.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return (gx, None) + tuple(grads)
 
