@@ -2,13 +2,14 @@
 # The one GPU check: run from a plain checkout on a CUDA machine (an H100), no install, no
 # network, about 5 minutes:
 #
-#     bash bench/gpu_check.sh            # GPU tests, the priority benchmark subset, diagnostics
+#     bash bench/gpu_check.sh            # GPU tests, then the priority benchmark subset
+#     bash bench/gpu_check.sh --diag     # ... and the diagnostics below (about 1 minute more)
 #     bash bench/gpu_check.sh --full     # the whole test suite and the full benchmark suite
 #     bash bench/gpu_check.sh --full --no-tests --only network   # one full section per call
 #
-# Diagnostics (not with --full): host time per call of the reversible node's layers next to
-# SpikingJelly's Triton LIF (python -m bench.sweep --host), and where the peak memory of a
-# ResNet-18 training step goes (python -m bench.peak).
+# Diagnostics: host time per call of the reversible node's layers next to SpikingJelly's
+# Triton LIF (python -m bench.sweep --host), and where the peak memory of a ResNet-18 training
+# step goes (python -m bench.peak).
 #
 # Needs only python3 with torch, triton, numpy and pytest (torch 2.11 / triton 3.6 or newer).
 # Results: bench/results/gpu/<section>/*.csv|.md|.png, a log per step in bench/results/gpu/,
@@ -40,14 +41,17 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 FULL=0
 TESTS_ON=1
+DIAG=0
 SECTIONS="kernels network memory"
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) FULL=1 ;;
         --no-tests) TESTS_ON=0 ;;
+        --diag) DIAG=1 ;;
         --only) shift; SECTIONS=$(echo "${1:-}" | tr ',' ' ') ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $1 (use --full, --no-tests, --only SECTIONS or --help)" >&2
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (use --full, --diag, --no-tests, --only SECTIONS or" \
+                "--help)" >&2
            exit 2 ;;
     esac
     shift
@@ -192,7 +196,7 @@ for item in $LIMITS; do
 done
 
 # -- 4. diagnostics: where the host time and the peak memory go ---------------------------------
-if [ "$FULL" = 0 ] && [ "$GPU" = 1 ]; then
+if [ "$DIAG" = 1 ] && [ "$GPU" = 1 ]; then
     run_step host-time "${BENCH_TIMEOUT:-60}" "$PY" -m bench.sweep --host
     run_step peak-memory "${BENCH_TIMEOUT:-90}" "$PY" -m bench.peak --model resnet18 --T 16 \
         --batch 32
