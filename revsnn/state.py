@@ -30,10 +30,15 @@ class RevLIFState(NamedTuple):
         v = self.v_fixed.to(torch.float32) * 2.0 ** -F_BITS
         return torch.where(self.v_fixed < POISON_LIMIT, float("nan"), v)
 
-    def error(self) -> str | None:
-        """Description of every error flagged in this state, or None if it is healthy."""
-        # one reduction and one wait for the device on the healthy path (every backward)
-        if self.v_fixed.numel() == 0 or int(self.v_fixed.amin()) >= POISON_LIMIT:
+    def error(self, min_word: int | None = None) -> str | None:
+        """Description of every error flagged in this state, or None if it is healthy.
+        ``min_word``: the smallest word of ``v_fixed`` if already known (the healthy path then
+        needs no reduction and no wait for the device)."""
+        if self.v_fixed.numel() == 0:
+            return None
+        if min_word is None:
+            min_word = int(self.v_fixed.amin())
+        if min_word >= POISON_LIMIT:
             return None
         bad = self.v_fixed < POISON_LIMIT
         codes = torch.unique(self.v_fixed[bad].long() + 2 ** 31).tolist()
@@ -41,9 +46,10 @@ class RevLIFState(NamedTuple):
         n = int(bad.sum()) // 2
         return (f"{n} neuron pair(s) flagged: " + "; ".join(ERROR_CODES[b] for b in found))
 
-    def check(self, where: str = "rev_lif") -> None:
-        """Raise ValueError if any neuron was flagged (NaN/Inf or out-of-range input/state)."""
-        msg = self.error()
+    def check(self, where: str = "rev_lif", min_word: int | None = None) -> None:
+        """Raise ValueError if any neuron was flagged (NaN/Inf or out-of-range input/state);
+        ``min_word`` as for :meth:`error`."""
+        msg = self.error(min_word)
         if msg is not None:
             raise ValueError(f"{where}: {msg}. The result is not trustworthy; see revsnn "
                              f"README 'Exactness' for the input range of each dtype and alpha.")

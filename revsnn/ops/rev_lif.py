@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .._config import F_BITS, POISON_LIMIT, RevLIFConfig, grid_for
+from .._config import F_BITS, RevLIFConfig, grid_for
 from .._readback import Readback
 from ..reference import rev_lif as twin
 from ..state import RevLIFState
@@ -230,8 +230,8 @@ def _backward(ctx, gy, _g_state, _g_stash):
     gx, gv0, g_tau, g_vth = rev_lif_bwd(
         y, gy.contiguous(), vT, stash, tau, v_threshold, *ctx.node_args, v0_grad, param_grad,
         checked is None, ctx.backward_mode, ctx.backend)
-    if checked is not None and checked.value() < POISON_LIMIT:
-        RevLIFState(vT, stash).check("rev_lif backward")  # raises, with what was flagged
+    if checked is not None:
+        RevLIFState(vT, stash).check("rev_lif backward", checked.value())
     return (gx, gv0.to(ctx.v0_dtype) if v0_grad else None,
             g_tau.to(tau.dtype) if ctx.needs_input_grad[2] else None,
             g_vth.to(v_threshold.dtype) if ctx.needs_input_grad[3] else None) + (None,) * 12
