@@ -19,6 +19,7 @@ and the stash and writes the input gradient (the final state is negligible).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -52,6 +53,18 @@ def _compiled(kernel, launch):
     return got[-1]
 
 
+@contextlib.contextmanager
+def _kernels(module):
+    """The reversible node's ops launch the kernels of ``module`` (a copy of kernels/rev_lif.py
+    from another revision, or a stand-in) while the context lasts."""
+    current = op.kernels_module
+    op.kernels_module = lambda name: module
+    try:
+        yield
+    finally:
+        op.kernels_module = current
+
+
 def _resources(k) -> tuple:
     """(registers, spills) of a compiled kernel ("-" under the interpreter)."""
     return getattr(k, "n_regs", "-"), getattr(k, "n_spills", "-")
@@ -82,42 +95,40 @@ def sweep(shape, configs, bench, device="cuda", baseline=None):
     print("| kernels | BLOCK | warps | fwd_ms | fwd_GBps | fwd/copy | bwd_ms | bwd_GBps | bwd/copy "
           "| regs fwd/bwd | spills fwd/bwd | same bits |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    current = op.kernels_module
     gy = torch.randn_like(x4)
     ref = None
     default = _dispatch.LAUNCH["rev_lif"]
-    rows = [("current", current("rev_lif"), c) for c in configs]
+    rows = [("current", op.kernels_module("rev_lif"), c) for c in configs]
     if baseline is not None:
         rows += [("baseline", baseline, default)]
     for label, mod, (block, warps) in rows:
         _dispatch.LAUNCH["rev_lif"] = (block, warps)
-        op.kernels_module = lambda name, mod=mod: mod
         try:
-            def fwd():
-                return op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")
-            kf = _compiled(mod.rev_lif_fwd_kernel, fwd)
-            y, vT, stash, _ = fwd()
+            with _kernels(mod):
+                def fwd():
+                    return op.launch_fwd(x4, None, tau, vth, cfg, True, False, "triton")
+                kf = _compiled(mod.rev_lif_fwd_kernel, fwd)
+                y, vT, stash, _ = fwd()
 
-            def bwd():
-                return op.launch_bwd(y, gy, vT, stash, None, tau, vth, cfg, 1, x.dtype, None,
-                                     "triton")
-            kb = _compiled(mod.rev_lif_bwd_kernel, bwd)
-            gx = bwd()[0]
-            bits = (y, vT, stash, gx)
-            same = ref is None or all(torch.equal(a, b) for a, b in zip(bits, ref))
-            ref = ref or bits
-            t_f, t_b = bench(fwd), bench(bwd)
-            rf, rb = _resources(kf), _resources(kb)
-            f_bytes = 2 * x.nbytes + stash.nbytes
-            b_bytes = 3 * x.nbytes + stash.nbytes
-            print(f"| {label} | {block} | {warps} | {t_f:.3f} | {f_bytes / t_f / 1e6:.0f} | "
-                  f"{f_bytes / t_f / 1e6 / copy_gbps:.2f} | {t_b:.3f} | "
-                  f"{b_bytes / t_b / 1e6:.0f} | {b_bytes / t_b / 1e6 / copy_gbps:.2f} | "
-                  f"{rf[0]}/{rb[0]} | {rf[1]}/{rb[1]} | {same} |")
-            del y, vT, stash, gx, bits
+                def bwd():
+                    return op.launch_bwd(y, gy, vT, stash, None, tau, vth, cfg, 1, x.dtype, None,
+                                         "triton")
+                kb = _compiled(mod.rev_lif_bwd_kernel, bwd)
+                gx = bwd()[0]
+                bits = (y, vT, stash, gx)
+                same = ref is None or all(torch.equal(a, b) for a, b in zip(bits, ref))
+                ref = ref or bits
+                t_f, t_b = bench(fwd), bench(bwd)
+                rf, rb = _resources(kf), _resources(kb)
+                f_bytes = 2 * x.nbytes + stash.nbytes
+                b_bytes = 3 * x.nbytes + stash.nbytes
+                print(f"| {label} | {block} | {warps} | {t_f:.3f} | {f_bytes / t_f / 1e6:.0f} | "
+                      f"{f_bytes / t_f / 1e6 / copy_gbps:.2f} | {t_b:.3f} | "
+                      f"{b_bytes / t_b / 1e6:.0f} | {b_bytes / t_b / 1e6 / copy_gbps:.2f} | "
+                      f"{rf[0]}/{rb[0]} | {rf[1]}/{rb[1]} | {same} |")
+                del y, vT, stash, gx, bits
         finally:
             _dispatch.LAUNCH["rev_lif"] = default
-            op.kernels_module = current
     xg = x.clone().requires_grad_()
     g = torch.randn_like(x)
 
@@ -188,12 +199,8 @@ def _no_launch(fn):
     """``fn`` with the reversible node's kernel launches left out (outputs still allocated, the
     int32 ones zeroed): what the host spends around the launches."""
     def run():
-        current = op.kernels_module
-        op.kernels_module = lambda name: _NoLaunch()
-        try:
+        with _kernels(_NoLaunch()):
             fn()
-        finally:
-            op.kernels_module = current
     return run
 
 
