@@ -112,6 +112,8 @@ def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
 
 
 def cpu_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> dict:
+    """Phase peaks of a step on CPU from the profiler's allocator events (above what was live
+    when the step began), and the ops running at the step's peak."""
     from torch.profiler import ProfilerActivity, profile, record_function
     step = SGDStep(model_name, variant, T, batch, kw, "cpu")
     step()
