@@ -12,7 +12,8 @@ class Readback:
     what was queued since. The backward checks of the reversible node and the reversible blocks
     use it: their forwards compute the value to check (the smallest state word, the largest
     block magnitude) and their backwards read it after launching their own work, so the device
-    is never idle while the host waits. On CPU the value is simply kept.
+    is never idle while the host waits. On CPU the value is read at once (nothing to wait for).
+    Either way :meth:`value` is the value the tensor had when the Readback was made.
     """
 
     __slots__ = ("_host", "_event")
@@ -24,10 +25,11 @@ class Readback:
             self._event = torch.cuda.Event()
             self._event.record(torch.cuda.current_stream(t.device))
         else:
-            self._host, self._event = t.detach(), None
+            self._host, self._event = t.item(), None
 
     def value(self):
         """The value as a Python number."""
-        if self._event is not None:
-            self._event.synchronize()
+        if self._event is None:
+            return self._host
+        self._event.synchronize()
         return self._host.item()

@@ -11,6 +11,7 @@ import revsnn
 from revsnn._config import POISON_LIMIT, RevLIFConfig, grid_for
 from revsnn.functional import rev_lif, rev_lif_inverse
 from revsnn.reference import rev_lif_float64, rev_lif_int
+from revsnn._readback import Readback
 from revsnn.ops import rev_lif as rev_lif_op
 from revsnn.ops._dispatch import direct
 from revsnn.state import RevLIFState
@@ -229,6 +230,16 @@ def test_flag_raises_at_backward_on_either_path(backend, path, monkeypatch):
         with pytest.raises(ValueError, match="flagged"):
             y.sum().backward()
     assert direct_calls == ([False] if path == "direct" else [])
+
+
+def test_readback_returns_the_value_when_made():
+    """The backward checks read values the forward took (on CUDA through pinned memory behind
+    an event): a later change to the tensor must not show."""
+    t = torch.tensor(-7, dtype=torch.int32, device=DEVICE)
+    r = Readback(t)
+    t.fill_(3)  # on CUDA: queued after the copy, on the same stream
+    assert r.value() == -7 and r.value() == -7  # read twice (a retained graph's backward)
+    assert math.isnan(Readback(torch.tensor(float("nan"), device=DEVICE)).value())
 
 
 def test_in_range_extremes_pass(backend):
