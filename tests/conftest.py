@@ -36,6 +36,18 @@ class SeenOps(TorchDispatchMode):
                          "aten::fill_")]
 
 
+def assert_same_through_dispatcher(run, ops) -> None:
+    """``run()`` (returning tensors) gives the same bits as an eager call, which runs the ops'
+    implementations directly, and under a dispatch mode, which sends them through torch.ops
+    (revsnn/ops/_dispatch.py); the mode must see every op in ``ops``."""
+    plain = run()
+    with SeenOps() as seen:
+        dispatched = run()
+    assert set(ops) <= seen.ops
+    for a, b in zip(plain, dispatched, strict=True):
+        assert torch.equal(a, b)
+
+
 def assert_close_rel(a, b, rel=1e-5):
     """max |a - b| <= rel * max |b|: a relative bound that tiny gradients cannot dodge."""
     err = (a.double() - b.double()).abs().max().item()

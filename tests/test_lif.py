@@ -9,7 +9,7 @@ import revsnn
 from revsnn.functional import lif, lif_step
 from revsnn.reference import lif_bptt
 
-from .conftest import DEVICE, SeenOps, assert_close_rel
+from .conftest import DEVICE, SeenOps, assert_close_rel, assert_same_through_dispatcher
 
 NODE_OPTIONS = {
     "hard": {},
@@ -254,12 +254,7 @@ def test_direct_and_dispatched_calls_agree(backend):
     def run():
         s, v, g = grads(lambda a, b, **k: lif(a, b, backend=backend, **k), x, v0, params, gs, gv)
         return (s, v) + tuple(g)
-    plain = run()
-    with SeenOps() as seen:
-        dispatched = run()
-    assert {"revsnn::lif_fwd", "revsnn::lif_bwd"} <= seen.ops
-    for a, b in zip(plain, dispatched):
-        assert torch.equal(a, b)
+    assert_same_through_dispatcher(run, ["revsnn::lif_fwd", "revsnn::lif_bwd"])
 
 
 @pytest.mark.parametrize("uses", ["spikes", "potential", "both"])

@@ -16,7 +16,7 @@ from revsnn.ops import rev_lif as rev_lif_op
 from revsnn.ops._dispatch import direct
 from revsnn.state import RevLIFState
 
-from .conftest import DEVICE, SeenOps, assert_close_rel
+from .conftest import DEVICE, SeenOps, assert_close_rel, assert_same_through_dispatcher
 
 NODE_OPTIONS = {
     "hard": {},
@@ -511,12 +511,7 @@ def test_direct_and_dispatched_calls_agree(backend):
         out = y.detach(), st.v_fixed, x.grad, tau.grad
         x.grad = tau.grad = None
         return out
-    plain = run()
-    with SeenOps() as seen:
-        dispatched = run()
-    assert {"revsnn::rev_lif_fwd", "revsnn::rev_lif_bwd"} <= seen.ops
-    for a, b in zip(plain, dispatched):
-        assert torch.equal(a, b)
+    assert_same_through_dispatcher(run, ["revsnn::rev_lif_fwd", "revsnn::rev_lif_bwd"])
 
 
 def test_backward_fills_no_gradient_for_the_integer_outputs(backend):
