@@ -1,9 +1,12 @@
 """Measuring what autograd keeps for the backward pass (used by the demo, training and bench)."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import weakref
+from typing import Callable, Iterable, Optional
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def storage_id(t: torch.Tensor) -> int:
@@ -54,3 +57,68 @@ class KeptBytes:
 
     def ids(self) -> set:
         return set(self.sizes)
+
+
+EXISTING = "(existing)"
+"""The op that :class:`LiveBytes` names for the memory of its ``existing`` tensors."""
+
+
+class LiveBytes(TorchDispatchMode):
+    """Context manager following the memory of the tensors that ops make inside it, as a
+    device allocator would count them: each new storage from the op that made it until it is
+    freed. ``now`` and ``peak`` in bytes (``reset_peak()`` starts a new peak, e.g. per phase);
+    ``at_peak``: ``(bytes, op, origin)`` of every storage live at the peak, largest first.
+
+    Only tensors are seen, on any device (CPU runs count what a GPU run would allocate for
+    tensors): memory an op takes and gives back inside itself (cuDNN workspaces, the torch
+    twins' temporaries) is not, nor is anything allocated before the block. Under the mode
+    revsnn's ops go through the dispatcher, so each is counted by its outputs, as its Triton
+    kernels allocate them.
+
+    ``existing``: tensors made before the block whose memory counts as live from the start, so
+    that freeing it inside the block shows. ``origin``: a function of no arguments called at
+    each allocation to label it (e.g. with the calling line: costly, off by default).
+    """
+
+    def __init__(self, existing: Iterable[torch.Tensor] = (),
+                 origin: Optional[Callable[[], str]] = None) -> None:
+        super().__init__()
+        self.now = 0
+        self._origin = origin
+        self._live: dict[int, tuple[int, str, str]] = {}
+        for t in existing:
+            self._track(t.untyped_storage(), EXISTING)
+        self.reset_peak()
+
+    def reset_peak(self) -> None:
+        self.peak, self._at_peak = self.now, dict(self._live)
+
+    @property
+    def at_peak(self) -> list:
+        return sorted(self._at_peak.values(), key=lambda v: -v[0])
+
+    def _freed(self, key: int) -> None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self.now -= entry[0]
+
+    def _track(self, s: torch.UntypedStorage, op: str) -> None:
+        key = id(s)
+        if key in self._live or s.nbytes() == 0:
+            return
+        self._live[key] = (s.nbytes(), op, self._origin() if self._origin else "")
+        # the storage's Python object lives exactly as long as its memory
+        weakref.finalize(s, self._freed, key)
+        self.now += s.nbytes()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            # an input's memory (a view, an in-place op) is not a new allocation
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self._track(t.untyped_storage(), str(func))
+        if self.now > self.peak:
+            self.peak, self._at_peak = self.now, dict(self._live)
+        return out

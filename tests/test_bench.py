@@ -16,7 +16,7 @@ import torch
 import revsnn
 from bench import kernels, memory, network, peak
 from bench.common import linear_fit
-from revsnn.memory import KeptBytes, storage_id
+from revsnn.memory import EXISTING, KeptBytes, LiveBytes, storage_id
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"memory": memory.COLUMNS, "kernels": kernels.COLUMNS,
@@ -154,6 +154,27 @@ def test_kept_bytes_releases_a_graph_never_backpropagated():
         y, _ = revsnn.functional.rev_lif(x)
     (g,) = torch.autograd.grad(y.sum(), x)
     assert torch.equal(g, torch.autograd.grad(revsnn.functional.rev_lif(x)[0].sum(), x)[0])
+
+
+def test_live_bytes_follows_the_storages_ops_make():
+    x, gone = torch.randn(1000), torch.randn(1000)
+    live = LiveBytes(existing=[x, gone])
+    del gone
+    assert live.now == x.nbytes  # an existing tensor freed, inside the block or before it
+    with live:
+        a = x * 2
+        v = a.view(10, 100)  # a view and an in-place op make no new memory
+        a.add_(1)
+        b = a + v.flatten()
+        del a, v
+        c = b * 3
+    assert live.peak == 3 * x.nbytes  # x, a, b; then a is freed before c is made
+    assert live.now == 3 * x.nbytes
+    assert [op for _, op, _ in live.at_peak] == [EXISTING, "aten.mul.Tensor", "aten.add.Tensor"]
+    del b, c
+    assert live.now == x.nbytes
+    live.reset_peak()
+    assert live.peak == x.nbytes
 
 
 def test_network_batch_line_is_exact():
