@@ -1,6 +1,7 @@
 """Reversible blocks: exact reconstruction, gradients equal to plain autograd, stateful modules
 (neurons, BatchNorm, dropout) replayed faithfully, memory flat in depth, errors."""
 import copy
+import math
 import weakref
 
 import pytest
@@ -11,7 +12,7 @@ import revsnn
 from revsnn.models import PerStep
 from revsnn.nn import RevBlock, RevSequential, reset_neurons
 from revsnn.nn.blocks import GRID_BITS, LIMIT, neurons, quantize
-from revsnn.memory import KeptBytes, storage_id
+from revsnn.memory import KeptBytes, LiveBytes, storage_id
 
 from .conftest import assert_close_rel
 from .test_train import _one_thread  # noqa: F401  (autouse fixture)
@@ -103,7 +104,7 @@ def test_backward_rebuilds_every_block_input_exactly(kind):
     for i, b in enumerate(net):
         for name in ("f", "g"):
             getattr(b, name).register_forward_hook(
-                lambda m, inp, out, k=(i, name): seen.setdefault(k, []).append(inp[0].detach()))
+                lambda m, inp, out, k=(i, name): seen.setdefault(k, []).append(inp[0].clone()))
     x = make_x((4, 3, 8, 5, 5)).requires_grad_()
     net(x).sum().backward()
     assert len(seen) == 16
@@ -176,6 +177,73 @@ def test_linear_branches_dim_last():
     compare(rev, plain, make_x((5, 3, 12)))
 
 
+class _AddParam(nn.Module):
+    """``x * w + p`` with ``p`` of the half's full shape: autograd hands ``p`` the incoming
+    gradient itself, memory the chain's backward goes on to overwrite."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.w = nn.Parameter(torch.full((), 0.5))
+        self.p = nn.Parameter(torch.linspace(-1, 1, math.prod(shape)).view(shape))
+
+    def forward(self, x):
+        return x * self.w + self.p
+
+
+def test_parameter_gradient_sharing_the_gradient_memory():
+    shape = (3, 2, 2, 5)
+    rev = RevSequential(*[RevBlock(_AddParam(shape), _AddParam(shape), dim=-1)
+                          for _ in range(3)])
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    compare(rev, plain, make_x((3, 2, 2, 10)))
+
+
+def test_retain_graph_and_second_backward():
+    net = chain(2)
+    x = make_x((3, 2, 8, 3, 3)).requires_grad_()
+    y = net(x)
+    y.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    y.sum().backward()
+    assert torch.equal(x.grad, first)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        y.sum().backward()
+
+
+def test_output_modified_in_place_raises():
+    net = chain(2)
+    y = net(make_x((3, 2, 8, 3, 3)).requires_grad_())
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()
+
+
+def test_saved_tensors_hooks_see_the_output():
+    """The chain's output goes through the saved-tensor hooks in force, as save_for_backward
+    would send it (save_on_cpu: the unpacked copy is what the backward rebuilds from)."""
+    net = chain(2)
+    x = make_x((3, 2, 8, 3, 3))
+    weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
+    _, g_plain = run_pair(net, x, weight)
+    packed = []
+    hooks = torch.autograd.graph.save_on_cpu()
+    pack = hooks.pack_hook
+
+    def spy(t):
+        packed.append(t.untyped_storage().data_ptr())
+        return pack(t)
+    hooks.pack_hook = spy
+    reset_neurons(net)
+    xr = x.clone().requires_grad_()
+    with hooks:
+        y = net(xr)
+    (y * weight).sum().backward()
+    assert y.untyped_storage().data_ptr() in packed
+    assert torch.equal(xr.grad, g_plain)
+
+
 # -- memory --------------------------------------------------------------------------------------
 def kept_bytes(net, x):
     """Bytes ``net(x)`` keeps for backward, parameters excluded, and the output."""
@@ -194,6 +262,40 @@ def test_kept_for_backward_flat_in_depth():
     assert rev[2] == rev[4] == rev[8]
     assert plain[2] < plain[4] < plain[8]
     assert plain[8] > 10 * rev[8]
+
+
+def test_backward_memory_one_pair_and_one_branch():
+    """Besides one branch's recomputation (here its BatchNorm input and neuron output, and two
+    gradients in flight), the backward holds one pair of input halves and one pair of
+    gradient halves, rewritten in place block after block, and lets go of the chain's output
+    (2 half-tensors, live as it begins) once the last block is inverted: 8 half-tensors at
+    most, whatever the depth (10 if the output lived to the end; 15 when each block made new
+    tensors)."""
+    peaks = {}
+    for n in (2, 4):
+        net = chain(n, C=16)
+        y = net(make_x((4, 8, 16, 12, 12)).requires_grad_())
+        half = y.numel() * y.element_size() / 2
+        loss = y.sum()  # its gradient is an expanded scalar: no memory
+        live = LiveBytes(existing=[y])
+        del y
+        with live:
+            loss.backward()
+        peaks[n] = live.peak / half
+    assert peaks[4] < 8.5 and abs(peaks[4] - peaks[2]) < 0.25, peaks
+
+
+def test_output_freed_after_the_last_block():
+    net = chain(2)
+    y = net(make_x((3, 2, 8, 3, 3)).requires_grad_())
+    ref = weakref.ref(y.untyped_storage())
+    seen = []
+    net[0].f.register_forward_hook(
+        lambda m, i, o: seen.append(ref() is None) if torch.is_grad_enabled() else None)
+    loss = y.sum()
+    del y
+    loss.backward()
+    assert seen == [True]
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -281,6 +383,10 @@ def test_bad_arguments():
     wrong = RevBlock(nn.Linear(2, 3), nn.Identity(), dim=-1)
     with pytest.raises(ValueError, match="RevBlock.f must map a half"):
         wrong(torch.zeros(2, 2, 4))
+    mixed = RevSequential(RevBlock(nn.Identity(), nn.Identity(), dim=2),
+                          RevBlock(nn.Identity(), nn.Identity(), dim=-1))
+    with pytest.raises(ValueError, match="must split the same dim"):
+        mixed(torch.zeros(2, 2, 4, 4))
     with pytest.raises(TypeError, match="takes RevBlocks"):
         RevSequential(nn.Identity())
     with pytest.raises(TypeError, match="nn.Module"):

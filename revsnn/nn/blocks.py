@@ -9,8 +9,10 @@ so that the input follows from the output: ``x2 = y2 - Q(g(y1))``, ``x1 = y1 - Q
 :class:`RevSequential` chains blocks under a single autograd node that keeps only the chain's
 output; the backward rebuilds each block's input from its output and runs ``f``/``g`` again under
 autograd, one block at a time, differentiating g's recomputed graph and freeing it before f runs
-again. Activation memory is therefore that of the output plus one branch's recomputation,
-whatever the depth.
+again. The halves travel as separate tensors; the backward holds one pair of input halves and
+one of gradient halves, rewritten in place from block to block, and lets go of the chain's
+output once its last block is inverted. Activation memory is therefore about two outputs' worth
+plus one branch's recomputation, whatever the depth.
 
 Exactness. In floating point ``(x1 + a) - a`` need not give back ``x1``; one flipped bit would
 cross a spiking node's input grid and flip spikes further down. ``Q`` rounds to the fixed grid
@@ -202,7 +204,8 @@ class RevBlock(nn.Module):
         self.f, self.g, self.dim = f, g, dim
         self.preserve_rng_state = bool(preserve_rng_state)
 
-    def _split(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_dim(self, x: torch.Tensor, name: str) -> int:
+        """The dim of ``x`` this block splits (validated: rank >= 3, even size)."""
         if x.dim() < 3:
             raise ValueError(f"{name} must have shape [T, B, C, *] (rank >= 3), got rank "
                              f"{x.dim()}")
@@ -210,7 +213,7 @@ class RevBlock(nn.Module):
         if x.shape[d] % 2:
             raise ValueError(f"{name}.shape[{d}] (the split dim) must be even for a RevBlock, "
                              f"got {x.shape[d]}")
-        return x.chunk(2, d)
+        return d
 
     def _branch(self, out: torch.Tensor, like: torch.Tensor, which: str) -> torch.Tensor:
         if not isinstance(out, torch.Tensor) or out.shape != like.shape:
@@ -219,64 +222,63 @@ class RevBlock(nn.Module):
                              f"same shape, got {shape}")
         return _Quantize.apply(out.to(like.dtype))
 
-    def couple(self, x: torch.Tensor, snaps: Optional[list] = None) -> torch.Tensor:
-        """The block's output for an input already on the grid (plain autograd). With
-        ``snaps``, appends the snapshots of the f and g calls (for a later recomputation)."""
-        x1, x2 = self._split(x, "x")
+    def couple(self, x1: torch.Tensor, x2: torch.Tensor,
+               snaps: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output halves ``(y1, y2)`` for input halves already on the grid (plain
+        autograd). With ``snaps``, appends the snapshots of the f and g calls (for a later
+        recomputation)."""
         if snaps is not None:
             snaps.append(_Snapshot(self.f, x2, self.preserve_rng_state))
         y1 = x1 + self._branch(self.f(x2), x2, "f")
         if snaps is not None:
             snaps.append(_Snapshot(self.g, y1, self.preserve_rng_state))
         y2 = x2 + self._branch(self.g(y1), y1, "g")
-        return torch.cat([y1, y2], self.dim)
+        return y1, y2
 
-    def invert(self, y: torch.Tensor, snap_f: Optional[_Snapshot] = None,
-               snap_g: Optional[_Snapshot] = None,
-               gy: Optional[torch.Tensor] = None, params: Optional[list] = None):
-        """Input of the block from its output ``y``. With ``gy`` (and the snapshots of the
-        forward), also ``dL/dx`` and the gradients of ``params`` (None where unused).
+    def invert(self, y1: torch.Tensor, y2: torch.Tensor, snap_f: Optional[_Snapshot] = None,
+               snap_g: Optional[_Snapshot] = None, gy: Optional[tuple] = None,
+               params: Optional[list] = None, reuse: bool = False):
+        """Input halves ``(x1, x2)`` of the block from its output halves. With ``gy`` (the
+        halves of dL/dy) and the snapshots of the forward, also the halves of dL/dx and the
+        gradients of ``params`` (None where unused).
 
-        Memory: x and dL/dx are written into their halves (no concatenation), and g's
-        recomputed graph is differentiated and freed before f runs again, so that one branch's
-        activations are live at a time."""
-        y1, y2 = self._split(y, "y")
-        x = torch.empty_like(y)
-        x1, x2 = x.chunk(2, self.dim)
+        ``reuse``: ``y1, y2`` and ``gy`` are the caller's own tensors, each contiguous, and
+        x and dL/dx are written into them (a chain's backward, which then holds one of each).
+        Otherwise each half is a new tensor, made only when needed: x1 and dL/dx2 after f's
+        graph is freed.
+
+        Memory: g's recomputed graph is differentiated and freed before f runs again, so that
+        one branch's activations are live at a time, and each branch's quantized output is
+        made after its graph is freed."""
         if gy is None:
             with torch.no_grad():
                 g_out = snap_g.rerun(self.g, y1) if snap_g else self.g(y1)
-                torch.sub(y2, self._branch(g_out, y1, "g"), out=x2)
+                x2 = _minus(y2, self._branch(g_out, y1, "g"), reuse)
                 del g_out
                 f_out = snap_f.rerun(self.f, x2) if snap_f else self.f(x2)
-                torch.sub(y1, self._branch(f_out, x2, "f"), out=x1)
-            return x
-        gy1, gy2 = self._split(gy, "grad")
+                x1 = _minus(y1, self._branch(f_out, x2, "f"), reuse)
+            return x1, x2
+        gy1, gy2 = gy
         n = len(params)
         g_out, g_in = self._rerun(self.g, snap_g, y1)
+        g_grads = _unshared(torch.autograd.grad(g_out, [g_in] + params, gy2.to(g_out.dtype),
+                                                allow_unused=True), gy2)
+        del g_in
         with torch.no_grad():
-            torch.sub(y2, self._branch(g_out, y1, "g"), out=x2)
-        g_grads = torch.autograd.grad(g_out, [g_in] + params, gy2.to(g_out.dtype),
-                                      allow_unused=True)
-        del g_out, g_in
-        gy1 = _add(gy1, g_grads[0])
+            x2 = _minus(y2, self._branch(g_out, y1, "g"), reuse)
+        del g_out
+        gx1 = _plus(gy1, g_grads[0], reuse)
+        g_grads[0] = None
         f_out, f_in = self._rerun(self.f, snap_f, x2)
+        f_grads = _unshared(torch.autograd.grad(f_out, [f_in] + params, gx1.to(f_out.dtype),
+                                                allow_unused=True), gx1)
+        del f_in
         with torch.no_grad():
-            q = self._branch(f_out, x2, "f")
-        f_grads = torch.autograd.grad(f_out, [f_in] + params, gy1.to(f_out.dtype),
-                                      allow_unused=True)
-        del f_out, f_in
-        # only now: x1 shares its version counter with x2, the input f's graph saved
-        torch.sub(y1, q, out=x1)
-        del q
-        gx = torch.empty_like(gy)
-        gx1, gx2 = gx.chunk(2, self.dim)
-        gx1.copy_(gy1)
-        if f_grads[0] is None:
-            gx2.copy_(gy2)
-        else:
-            torch.add(gy2, f_grads[0], out=gx2)
-        return x, gx, [_add(a, b) for a, b in zip(g_grads[1:1 + n], f_grads[1:1 + n])]
+            x1 = _minus(y1, self._branch(f_out, x2, "f"), reuse)
+        del f_out
+        gx2 = _plus(gy2, f_grads[0], reuse)
+        grads = [_add(a, b) for a, b in zip(g_grads[1:1 + n], f_grads[1:1 + n])]
+        return (x1, x2), (gx1, gx2), grads
 
     @staticmethod
     def _rerun(module: nn.Module, snap: _Snapshot, inp: torch.Tensor):
@@ -302,30 +304,96 @@ def _add(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch
     return a if b is None else a + b
 
 
+def _minus(a: torch.Tensor, b: torch.Tensor, in_place: bool) -> torch.Tensor:
+    return a.sub_(b) if in_place else a - b
+
+
+def _plus(a: torch.Tensor, b: Optional[torch.Tensor], in_place: bool) -> torch.Tensor:
+    """``a + b`` (b None: a); a new contiguous tensor unless ``in_place``."""
+    if b is None:
+        return a if in_place else a.clone(memory_format=torch.contiguous_format)
+    return a.add_(b) if in_place else a + b
+
+
+def _unshared(grads: tuple, buf: torch.Tensor) -> list:
+    """autograd.grad's results as a list, copying any parameter gradient that is ``buf``'s
+    memory (the gradient passed through unchanged): a chain's backward overwrites ``buf``."""
+    ptr = buf.untyped_storage().data_ptr()
+    return [grads[0]] + [g.clone() if g is not None and g.untyped_storage().data_ptr() == ptr
+                         else g for g in grads[1:]]
+
+
+def _chain_dim(blocks: nn.ModuleList, x: torch.Tensor, name: str) -> int:
+    """The split dim of ``x`` that every block of the chain uses: the halves pass from block
+    to block."""
+    dims = sorted({b.split_dim(x, name) for b in blocks})
+    if len(dims) > 1:
+        raise ValueError(f"the RevBlocks of one RevSequential must split the same dim; for "
+                         f"{name} of rank {x.dim()} they split dims {dims}")
+    return dims[0]
+
+
+def _halves(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The halves of ``x`` along ``d``, each a new contiguous tensor on the grid."""
+    return tuple(quantize(h) for h in x.chunk(2, d))
+
+
+def _amax(amax: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(amax, t.abs().amax()) if t.numel() else amax
+
+
+class _Kept:
+    """A tensor kept for the backward as ``save_for_backward`` keeps it (through the
+    saved-tensor hooks in force: ``torch.autograd.graph.saved_tensors_hooks``), but let go of
+    as soon as the backward has read it: a saved tensor lives until the node's backward ends,
+    and the chain's output is dead once the last block has been inverted."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        # detached: the output itself would close a cycle output -> grad_fn -> ctx -> output
+        t, self.version = t.detach(), t._version
+        self.unpack = hooks[1] if hooks else None
+        self.packed = hooks[0](t) if hooks else t
+
+    def take(self) -> torch.Tensor:
+        if self.packed is None:
+            raise RuntimeError("RevSequential backward ran a second time: pass "
+                               "retain_graph=True to the first backward")
+        t = self.unpack(self.packed) if self.unpack else self.packed
+        # without hooks t shares the output's version counter, as a saved tensor would
+        if self.unpack is None and t._version != self.version:
+            raise RuntimeError("RevSequential backward: the chain's output was modified in "
+                               "place after the forward; the backward rebuilds every block's "
+                               "input from it")
+        if not torch._C._autograd._get_current_graph_task_keep_graph():
+            self.packed = None
+        return t
+
+
 class _RevChain(torch.autograd.Function):
     """The whole chain as one autograd node that saves only the chain's output."""
 
     @staticmethod
     def forward(ctx, x, blocks, *params):
-        xq = quantize(x)
+        d = _chain_dim(blocks, x, "x")
+        pair = _halves(x, d)
         snaps: list = []
-        amax = xq.abs().amax() if xq.numel() else xq.new_zeros(())
-        y = xq
+        amax = _amax(_amax(pair[0].new_zeros(()), pair[0]), pair[1])
         for b in blocks:
-            y = b.couple(y, snaps)
-            if y.numel():
-                amax = torch.maximum(amax, y.abs().amax())
+            pair = b.couple(*pair, snaps)
+            amax = _amax(_amax(amax, pair[0]), pair[1])
+        y = torch.cat(pair, d)
         # read in the backward after nothing more than the forward (see Readback)
-        ctx.blocks, ctx.snaps, ctx.amax = blocks, snaps, Readback(amax)
+        ctx.blocks, ctx.snaps, ctx.amax, ctx.dim = blocks, snaps, Readback(amax), d
         ctx.index = {id(p): i for i, p in enumerate(params)}  # gradient slot of each parameter
         ctx.autocast = _Autocast(x.device.type)
         ctx.x_dtype = x.dtype
-        ctx.save_for_backward(y)
+        ctx.y = _Kept(y)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (y,) = ctx.saved_tensors
+        y = ctx.y.take()
         amax = ctx.amax.value()
         if not amax < LIMIT:
             raise ValueError(
@@ -335,16 +403,22 @@ class _RevChain(torch.autograd.Function):
                 f"activations down (e.g. normalise inside f/g) or use reversible=False.")
         index = ctx.index
         grads: list = [None] * len(index)
-        gy = gy.to(y.dtype)
+        pair, gpair = y.chunk(2, ctx.dim), gy.to(y.dtype).chunk(2, ctx.dim)
+        del y  # from here only pair holds the output: freed once the last block is inverted
         with ctx.autocast:  # the neurons keep their states: _Snapshot.rerun puts them back
             for i in range(len(ctx.blocks) - 1, -1, -1):
                 b = ctx.blocks[i]
                 bp = [p for p in b.parameters() if p.requires_grad]
+                # the output (maybe the caller's) and the incoming gradient (maybe shared
+                # with other nodes) are only read; the next blocks overwrite the chain's own
+                reuse = i < len(ctx.blocks) - 1
                 with _KeepBuffers(b):
-                    y, gy, pg = b.invert(y, ctx.snaps[2 * i], ctx.snaps[2 * i + 1], gy, bp)
+                    pair, gpair, pg = b.invert(*pair, ctx.snaps[2 * i], ctx.snaps[2 * i + 1],
+                                               gpair, bp, reuse)
                 for p, g in zip(bp, pg):
                     grads[index[id(p)]] = _add(grads[index[id(p)]], g)
-        gx = gy.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        del pair
+        gx = torch.cat(gpair, ctx.dim).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return (gx, None) + tuple(grads)
 
 
@@ -359,14 +433,17 @@ def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool) -> torch.Tens
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not blocks:
+        return quantize(x)
     params = _params(blocks)
     records = torch.is_grad_enabled() and (x.requires_grad or bool(params))
     if reversible and records:
         return _RevChain.apply(x, blocks, *params)
-    y = quantize(x)
+    d = _chain_dim(blocks, x, "x")
+    pair = _halves(x, d)
     for b in blocks:
-        y = b.couple(y)
-    return y
+        pair = b.couple(*pair)
+    return torch.cat(pair, d)
 
 
 class RevSequential(nn.Module):
@@ -405,15 +482,18 @@ class RevSequential(nn.Module):
         :func:`reset_neurons` for a call that began a sequence); dropout must be off (eval
         mode). Buffers and neuron states are left as they were.
         """
-        y = quantize(y)
+        if not self.blocks:
+            return quantize(y)
+        d = _chain_dim(self.blocks, y, "y")
+        pair = _halves(y, d)  # new tensors: the blocks rebuild their inputs in them
         states = _states(self)
         try:
             with _KeepBuffers(self):
                 for b in reversed(self.blocks):
-                    y = b.invert(y)
+                    pair = b.invert(*pair, reuse=True)
         finally:
             _put(states)
-        return y
+        return torch.cat(pair, d)
 
     def extra_repr(self) -> str:
         return f"reversible={self.reversible}"
