@@ -17,17 +17,25 @@ model was built (on CUDA; on CPU, above what was live when the step began).
   On CPU the torch twins of revsnn's kernels run step by step with temporaries the Triton
   kernels do not have, and convolutions use other workspaces than cuDNN: a CPU peak locates
   transient memory, it does not predict the GPU figure.
+* Both: the same step counted over tensors (``revsnn.memory.LiveBytes``): weights, gradients,
+  momentum and input from the start, then every tensor an op makes until it is freed, with the
+  line that made it. The same figure on every device: what a GPU allocator would count
+  without the memory ops take and give back inside themselves (cuDNN workspaces). On CUDA the
+  allocator's peak minus this one is that memory.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from revsnn.memory import EXISTING, LiveBytes
 
 from .common import Missing
 from .network import MIB, VARIANTS, SGDStep
@@ -78,6 +86,49 @@ def replay(entries: Iterable[dict]) -> tuple[int, Counter, list]:
     largest = sorted(((e["size"], origin(e.get("frames", []))) for e in live.values()),
                      key=lambda t: -t[0])
     return peak, by_origin, largest
+
+
+def _python_origin() -> str:
+    """origin() of the Python stack that is running, without the frames of LiveBytes, of this
+    module and of the custom ops' call wrapper (the op's caller says more)."""
+    skip = ("revsnn/memory.py", "bench/peak.py", "revsnn/ops/_dispatch.py")
+    frames = [dict(filename=f.filename, line=f.lineno, name=f.name)
+              for f in reversed(traceback.extract_stack()) if not f.filename.endswith(skip)]
+    return origin(frames)
+
+
+def tensor_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
+                device: str) -> dict:
+    """Phase peaks of a step counted over tensors (see the module docstring), and the
+    storages live at the step's peak by origin (an op of the backward under its name)."""
+    step = SGDStep(model_name, variant, T, batch, kw, device)
+    step()
+    gc.collect()
+    params = list(step.model.parameters())
+    existing = (params + [p.grad for p in params if p.grad is not None]
+                + list(step.model.buffers()) + [step.x, step.labels]
+                + [v for st in step.opt.state.values() for v in st.values()
+                   if isinstance(v, torch.Tensor)])
+    live = LiveBytes(existing, origin=_python_origin)
+    phases: dict = {}
+
+    def mark(name):
+        if mark.current:
+            phases[mark.current] = (live.peak, live.at_peak)
+        live.reset_peak()
+        mark.current = name
+    mark.current = None
+    with live:
+        step(mark)
+    top = max(phases.values(), key=lambda v: v[0])
+    by_origin: Counter = Counter()
+    for nbytes, op, where in top[1]:
+        if op == EXISTING:
+            where = "(live at the step's start: weights, gradients, momentum, input)"
+        elif "backward" in where:
+            where = f"{where} [{op}]"
+        by_origin[where] += nbytes
+    return dict(phases={k: v[0] for k, v in phases.items()}, live=by_origin)
 
 
 def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
@@ -156,7 +207,7 @@ def main(argv=None) -> int:
                    help="repeatable (default: sj, revlif and revlif-rev)")
     p.add_argument("--T", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--top", type=int, default=12, help="origins listed at the peak (CUDA)")
+    p.add_argument("--top", type=int, default=12, help="origins listed at the peak")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -186,6 +237,18 @@ def main(argv=None) -> int:
         else:
             print(f"CPU allocator peak of the step (above its start): "
                   f"{r['traced_peak'] / MIB:.0f} MiB, during {' > '.join(r['at'])}")
+        t = tensor_peak(args.model, variant, args.T, args.batch, {}, "cuda" if cuda else "cpu")
+        print("\ncounted over tensors (weights, gradients, momentum, input, then every tensor "
+              "an op makes; no workspaces), MiB: "
+              + ", ".join(f"{k} {v / MIB:.0f}" for k, v in t["phases"].items()))
+        if cuda:
+            gap = max(r["phases"].values()) - max(t["phases"].values())
+            print(f"allocator peak - tensor peak: {gap / MIB:.0f} MiB (workspaces and memory "
+                  f"outside the tensors; the allocator's base also holds what was allocated "
+                  f"before the model)")
+        print("\n| MiB | live at the tensor peak, made at |\n|---|---|")
+        for where, n in t["live"].most_common(args.top):
+            print(f"| {n / MIB:.1f} | `{where}` |")
     return 0
 
 

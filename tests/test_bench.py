@@ -215,6 +215,18 @@ def test_peak_cpu_step_by_phase():
     assert r["at"]
 
 
+def test_peak_over_tensors_and_report(capsys):
+    r = peak.tensor_peak("vgg11", "revlif-rev", 2, 2, dict(width=16), "cpu")
+    assert set(r["phases"]) == set(network.SGDStep.PHASES)
+    assert sum(r["live"].values()) == max(r["phases"].values())
+    assert r["live"]["(live at the step's start: weights, gradients, momentum, input)"] > 0
+    assert any(k.startswith("revsnn/nn/blocks.py") for k in r["live"])
+    peak.main(["--model", "vgg11", "--T", "2", "--batch", "2", "--variant", "revlif-rev"])
+    out = capsys.readouterr().out
+    assert "CPU allocator peak of the step" in out and "counted over tensors" in out
+    assert "| MiB | live at the tensor peak, made at |" in out
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
                     reason="the raw launches need Triton: a GPU or the interpreter")
 def test_sweep_host_times_runs_every_layer():
