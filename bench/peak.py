@@ -125,7 +125,7 @@ def tensor_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
     for nbytes, op, where in top[1]:
         if op == EXISTING:
             where = "(live at the step's start: weights, gradients, momentum, input)"
-        elif "backward" in where:
+        elif "backward" in where or "backward" in op:
             where = f"{where} [{op}]"
         by_origin[where] += nbytes
     return dict(phases={k: v[0] for k, v in phases.items()}, live=by_origin)
@@ -200,6 +200,34 @@ def cpu_peak(model_name: str, variant: str, T: int, batch: int, kw: dict) -> dic
     return dict(phases=phases, traced_peak=peak, at=[e.name() for e in ops][-4:])
 
 
+def _print_allocator(r: dict, cuda: bool, top: int) -> None:
+    phases = ", ".join(f"{k} {v / MIB:.0f}" for k, v in r["phases"].items())
+    above = ("the allocations before the model" if cuda else
+             "what was live when the step began: weights, momentum, input")
+    print(f"{'CUDA' if cuda else 'CPU'} allocator, peak by phase, MiB above {above}: {phases}")
+    if not cuda:
+        print(f"CPU allocator peak of the step (above its start): "
+              f"{r['traced_peak'] / MIB:.0f} MiB, during {' > '.join(r['at'])}")
+        return
+    print(f"traced step: {r['start'] / MIB:.0f} MiB live at its start, peak "
+          f"{r['traced_peak'] / MIB:.0f} MiB; live at the peak, by origin:\n")
+    print("| MiB | allocated at |\n|---|---|")
+    for where, n in r["live"].most_common(top):
+        print(f"| {n / MIB:.1f} | `{where}` |")
+    print("\nlargest single allocations live at the peak:\n\n| MiB | allocated at |\n|---|---|")
+    for n, where in r["largest"][:top]:
+        print(f"| {n / MIB:.1f} | `{where}` |")
+
+
+def _print_tensors(t: dict, top: int) -> None:
+    print("counted over tensors (weights, gradients, momentum, input, then every tensor an op "
+          "makes; no workspaces), MiB: "
+          + ", ".join(f"{k} {v / MIB:.0f}" for k, v in t["phases"].items()))
+    print("\n| MiB | live at the tensor peak, made at |\n|---|---|")
+    for where, n in t["live"].most_common(top):
+        print(f"| {n / MIB:.1f} | `{where}` |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peak", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18")
@@ -208,47 +236,31 @@ def main(argv=None) -> int:
     p.add_argument("--T", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--top", type=int, default=12, help="origins listed at the peak")
+    p.add_argument("--tensors", action="store_true",
+                   help="only the count over tensors (not the allocator's)")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda:
         torch.set_num_threads(1)
     for variant in args.variant or ["sj", "revlif", "revlif-rev"]:
         what = f"{args.model} {variant}, T = {args.T}, batch {args.batch}"
+        step = (args.model, variant, args.T, args.batch, {})
         try:
-            r = (cuda_peak if cuda else cpu_peak)(args.model, variant, args.T, args.batch, {})
+            r = None if args.tensors else (cuda_peak if cuda else cpu_peak)(*step)
+            t = tensor_peak(*step, "cuda" if cuda else "cpu")
         except Missing as e:
             print(f"\n## {what}: missing ({e})")
             continue
-        phases = ", ".join(f"{k} {v / MIB:.0f}" for k, v in r["phases"].items())
-        above = ("the allocations before the model" if cuda else
-                 "what was live when the step began: weights, momentum, input")
-        print(f"\n## {what} ({'CUDA' if cuda else 'CPU'}): peak by phase, MiB above {above}: "
-              f"{phases}")
-        if cuda:
-            print(f"traced step: {r['start'] / MIB:.0f} MiB live at its start, peak "
-                  f"{r['traced_peak'] / MIB:.0f} MiB; live at the peak, by origin:\n")
-            print("| MiB | allocated at |\n|---|---|")
-            for where, n in r["live"].most_common(args.top):
-                print(f"| {n / MIB:.1f} | `{where}` |")
-            print("\nlargest single allocations live at the peak:\n\n| MiB | allocated at |"
-                  "\n|---|---|")
-            for n, where in r["largest"][:args.top]:
-                print(f"| {n / MIB:.1f} | `{where}` |")
-        else:
-            print(f"CPU allocator peak of the step (above its start): "
-                  f"{r['traced_peak'] / MIB:.0f} MiB, during {' > '.join(r['at'])}")
-        t = tensor_peak(args.model, variant, args.T, args.batch, {}, "cuda" if cuda else "cpu")
-        print("\ncounted over tensors (weights, gradients, momentum, input, then every tensor "
-              "an op makes; no workspaces), MiB: "
-              + ", ".join(f"{k} {v / MIB:.0f}" for k, v in t["phases"].items()))
-        if cuda:
+        print(f"\n## {what}, {'CUDA' if cuda else 'CPU'}\n")
+        if r is not None:
+            _print_allocator(r, cuda, args.top)
+            print()
+        _print_tensors(t, args.top)
+        if r is not None and cuda:
             gap = max(r["phases"].values()) - max(t["phases"].values())
-            print(f"allocator peak - tensor peak: {gap / MIB:.0f} MiB (workspaces and memory "
-                  f"outside the tensors; the allocator's base also holds what was allocated "
-                  f"before the model)")
-        print("\n| MiB | live at the tensor peak, made at |\n|---|---|")
-        for where, n in t["live"].most_common(args.top):
-            print(f"| {n / MIB:.1f} | `{where}` |")
+            print(f"\nallocator peak - tensor peak: {gap / MIB:.0f} MiB (workspaces and other "
+                  f"memory outside the tensors; the allocator's base also counts what was "
+                  f"allocated before the model)")
     return 0
 
 

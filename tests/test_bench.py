@@ -225,6 +225,9 @@ def test_peak_over_tensors_and_report(capsys):
     out = capsys.readouterr().out
     assert "CPU allocator peak of the step" in out and "counted over tensors" in out
     assert "| MiB | live at the tensor peak, made at |" in out
+    peak.main(["--model", "vgg11", "--T", "2", "--batch", "2", "--variant", "lif", "--tensors"])
+    out = capsys.readouterr().out
+    assert "allocator" not in out and "counted over tensors" in out
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
