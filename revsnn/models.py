@@ -6,7 +6,9 @@ run of layers whose input and output shapes agree becomes a :class:`revsnn.nn.Re
 :class:`revsnn.nn.RevBlock` s (``f`` and ``g`` act on half the channels), so those layers keep
 no activations for the backward; layers that change the shape (the stem, downsampling, the
 classifier) stay ordinary. The reversible variant is a different network (about half the
-parameters in the reversible layers), documented per model below.
+parameters in the reversible layers), documented per model below. The layers run in a
+:class:`revsnn.nn.RebuildSequential`: a layer feeding a chain keeps no copy of its output (the
+chain's backward rebuilds it), so a RevLIF before a chain keeps nothing but its final state.
 
 Input: a time-first tensor ``[T, B, *]`` is used as it is; a static input ``[B, *]`` (an image
 ``[B, C, H, W]``, or ``[B, F]`` for the MLP) is repeated ``T`` times (repeat encoding, ``T`` given
@@ -41,7 +43,7 @@ import torch
 from torch import nn
 
 from .nn import LIF, RevLIF
-from .nn.blocks import RevBlock, RevSequential, reset_neurons
+from .nn.blocks import RebuildSequential, RevBlock, RevSequential, reset_neurons
 
 NEURONS = ("lif", "revlif")
 
@@ -186,7 +188,7 @@ def _vgg(depth: int, num_classes: int, in_channels: int, neuron: str, reversible
         else:
             layers.append(conv_layer(c, v, neuron, nkw))
             c = v
-    return SpikingNet(nn.Sequential(*layers), PerStep(nn.Linear(c, num_classes)), T, 4)
+    return SpikingNet(RebuildSequential(*layers), PerStep(nn.Linear(c, num_classes)), T, 4)
 
 
 def spiking_vgg11(num_classes: int = 10, in_channels: int = 3, neuron: str = "lif",
@@ -236,7 +238,7 @@ def _resnet(stem: int, stages: Sequence[tuple[int, int, int]], head: Callable[[i
         else:
             layers += [BasicBlock(c, c, 1, neuron, nkw) for _ in range(same)]
     layers.append(PerStep(nn.AdaptiveAvgPool2d(1)))
-    return SpikingNet(nn.Sequential(*layers), head(c), T, 4)
+    return SpikingNet(RebuildSequential(*layers), head(c), T, 4)
 
 
 def spiking_resnet18(num_classes: int = 10, in_channels: int = 3, neuron: str = "lif",
@@ -328,7 +330,7 @@ def spiking_mlp(in_features: int = 64, num_classes: int = 10, hidden: int = 128,
                                       for _ in range(depth - 1)]))
     else:
         layers += [dense(hidden, hidden) for _ in range(depth - 1)]
-    return SpikingNet(nn.Sequential(*layers), PerStep(nn.Linear(hidden, num_classes)), T, 2)
+    return SpikingNet(RebuildSequential(*layers), PerStep(nn.Linear(hidden, num_classes)), T, 2)
 
 
 def convnet8(num_classes: int = 10, in_channels: int = 1, width: int = 32,
@@ -348,8 +350,8 @@ def convnet8(num_classes: int = 10, in_channels: int = 1, width: int = 32,
     def block(c: int) -> nn.Module:
         return (rev_conv_layers(c, 1, neuron, nkw) if reversible
                 else conv_layer(c, c, neuron, nkw))
-    body = nn.Sequential(conv_layer(in_channels, w, neuron, nkw), block(w), pool(),
-                         conv_layer(w, 2 * w, neuron, nkw), block(2 * w), pool())
+    body = RebuildSequential(conv_layer(in_channels, w, neuron, nkw), block(w), pool(),
+                             conv_layer(w, 2 * w, neuron, nkw), block(2 * w), pool())
     return SpikingNet(body, PerStep(nn.Linear(2 * w * 4, num_classes)), T, 4)
 
 

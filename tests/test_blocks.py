@@ -1,5 +1,6 @@
 """Reversible blocks: exact reconstruction, gradients equal to plain autograd, stateful modules
 (neurons, BatchNorm, dropout) replayed faithfully, memory flat in depth, errors."""
+import contextlib
 import copy
 import math
 import weakref
@@ -10,8 +11,9 @@ from torch import nn
 
 import revsnn
 from revsnn.models import PerStep
-from revsnn.nn import RevBlock, RevSequential, reset_neurons
-from revsnn.nn.blocks import GRID_BITS, LIMIT, neurons, quantize
+from revsnn.nn import RebuildSequential, RevBlock, RevSequential, reset_neurons
+from revsnn.nn import blocks
+from revsnn.nn.blocks import GRID_BITS, LIMIT, _Rebuilt, neurons, quantize
 from revsnn.memory import KeptBytes, LiveBytes, storage_id
 
 from .conftest import assert_close_rel
@@ -296,6 +298,83 @@ def test_output_freed_after_the_last_block():
     del y
     loss.backward()
     assert seen == [True]
+
+
+def stem_and_chain(kind=RebuildSequential, head=None, C=8, seed=0):
+    """conv - RevLIF (its output, on the blocks' grid, feeds the chain and is what the neuron
+    keeps for its own backward) - a chain of two blocks."""
+    torch.manual_seed(seed)
+    head = head or revsnn.RevLIF(dim=2)
+    return kind(PerStep(nn.Conv2d(3, C, 3, padding=1)), head, chain(2, C=C, seed=seed + 1))
+
+
+@pytest.mark.parametrize("hooks", [False, True])
+def test_rebuild_sequential_equals_sequential(hooks):
+    """Same values and gradients as nn.Sequential; the hooks in force outside (save_on_cpu)
+    still see every other saved tensor."""
+    x = make_x((3, 2, 3, 5, 5))
+    weight = torch.linspace(-1, 1, 3 * 2 * 8 * 25).view(3, 2, 8, 5, 5)
+    runs = {}
+    for kind in (nn.Sequential, RebuildSequential):
+        net = stem_and_chain(kind)
+        packed = []
+        outer = torch.autograd.graph.save_on_cpu()
+        pack = outer.pack_hook
+        outer.pack_hook = lambda t: packed.append(t.shape) or pack(t)
+        with outer if hooks else contextlib.nullcontext():
+            y, gx = run_pair(net, x, weight)
+        runs[kind] = (y, gx, [p.grad for p in net.parameters()], packed)
+    (y_a, g_a, p_a, packed_a), (y_b, g_b, p_b, packed_b) = runs.values()
+    assert torch.equal(y_a, y_b) and torch.equal(g_a, g_b)
+    assert all(torch.equal(a, b) for a, b in zip(p_a, p_b))
+    if hooks:  # all but the neuron's output (and the chain's, which it saves itself)
+        assert len(packed_b) == len(packed_a) - 1 > 0
+
+
+def test_rebuild_sequential_forward_holds_the_chain_input_no_more():
+    x = make_x((4, 4, 3, 8, 8)).requires_grad_()
+    held = {}
+    for kind in (nn.Sequential, RebuildSequential):
+        net = stem_and_chain(kind, C=16)
+        with LiveBytes() as live:
+            y = net(x)
+            held[kind] = live.now
+        y.sum().backward()
+    assert held[nn.Sequential] - held[RebuildSequential] == y.nbytes
+
+
+def test_rebuild_sequential_output_off_the_grid_raises():
+    class Exp(nn.Module):  # saves its output, which is not on the blocks' grid
+        def forward(self, x):
+            return torch.exp(x)
+    net = stem_and_chain(head=Exp())
+    y = net(make_x((3, 2, 3, 3, 3), scale=0.5).requires_grad_())
+    with pytest.raises(ValueError, match="not on the grid"):
+        y.sum().backward()
+
+
+def test_rebuilt_input_freed_with_the_layer_before(monkeypatch):
+    """The rebuilt input lives until the layer before the chain has run its backward, not
+    until the whole backward ends."""
+    made = []
+
+    class Recorded(blocks._Rebuilt):
+        __slots__ = ("__weakref__",)
+
+        def __init__(self):
+            super().__init__()
+            made.append(weakref.ref(self))
+    monkeypatch.setattr(blocks, "_Rebuilt", Recorded)
+    net = stem_and_chain()
+    alive = []
+    net[0].register_full_backward_hook(lambda m, gi, go: alive.append(made[0]() is not None))
+    net(make_x((3, 2, 3, 4, 4)).requires_grad_()).sum().backward()
+    assert len(made) == 1 and alive == [False]
+
+
+def test_rebuilt_input_missing_raises():
+    with pytest.raises(RuntimeError, match="feed the chain alone"):
+        _Rebuilt().view((2,), (1,), 0)
 
 
 # -- errors --------------------------------------------------------------------------------------

@@ -370,13 +370,74 @@ class _Kept:
         return t
 
 
+class _Rebuilt:
+    """A chain's input as the chain's backward rebuilds it, handed to the nodes of the layer
+    before the chain that saved it (see :class:`RebuildSequential`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Optional[torch.Tensor] = None
+
+    def view(self, size, stride, offset) -> torch.Tensor:
+        if self.value is None:
+            raise RuntimeError(
+                "RebuildSequential: a layer's backward needs the input of the RevSequential "
+                "after it, which that chain's backward rebuilds, but the chain's backward has "
+                "not run; the layer's output must feed the chain alone")
+        return self.value.as_strided(size, stride, offset)
+
+
+class _Saved:
+    """What the pack hook of :class:`RebuildSequential` returns for a tensor the layer before
+    a chain saves: the tensor itself until the layer returns, then either a view of the
+    chain's rebuilt input (when it is that input's memory) or what the hooks in force outside
+    (``torch.autograd.graph.saved_tensors_hooks``) made of it."""
+
+    __slots__ = ("t", "packed", "unpack", "rebuilt", "geometry")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t, self.packed, self.unpack, self.rebuilt = t, None, None, None
+
+    def is_memory_of(self, x: torch.Tensor) -> bool:
+        return (self.t.dtype == x.dtype and self.t.device == x.device
+                and self.t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())
+
+    def settle(self, rebuilt: Optional[_Rebuilt], outer) -> None:
+        t, self.t = self.t, None
+        if rebuilt is not None:
+            self.rebuilt, self.geometry = rebuilt, (t.shape, t.stride(), t.storage_offset())
+        elif outer is not None:
+            self.packed, self.unpack = outer[0](t), outer[1]
+        else:
+            self.packed = t
+
+    def get(self) -> torch.Tensor:
+        if self.rebuilt is not None:
+            return self.rebuilt.view(*self.geometry)
+        return self.unpack(self.packed) if self.unpack is not None else self.packed
+
+
+def _rebuildable(x: torch.Tensor) -> bool:
+    """Whether a chain's rebuilt input can stand for ``x``'s memory: a float32 (float64)
+    tensor covering its memory exactly, in the layout the chain rebuilds (contiguous)."""
+    return (x.dtype == _stream_dtype(x.dtype) and x.is_contiguous()
+            and x.storage_offset() == 0
+            and x.untyped_storage().nbytes() == x.numel() * x.element_size())
+
+
 class _RevChain(torch.autograd.Function):
     """The whole chain as one autograd node that saves only the chain's output."""
 
     @staticmethod
-    def forward(ctx, x, blocks, *params):
+    def forward(ctx, x, blocks, rebuilt, *params):
         d = _chain_dim(blocks, x, "x")
         pair = _halves(x, d)
+        ctx.rebuilt, ctx.off_grid = rebuilt, None
+        if rebuilt is not None:  # the rebuilt halves must be x's values exactly
+            h1, h2 = x.chunk(2, d)
+            ctx.off_grid = Readback(torch.logical_or((h1 != pair[0]).any(),
+                                                     (h2 != pair[1]).any()))
         snaps: list = []
         amax = _amax(_amax(pair[0].new_zeros(()), pair[0]), pair[1])
         for b in blocks:
@@ -401,6 +462,11 @@ class _RevChain(torch.autograd.Function):
                 f"{amax} (or NaN/Inf); reversible blocks rebuild their input exactly "
                 f"only while |value| < {LIMIT:g} (grid 2**-{GRID_BITS} in float32). Scale the "
                 f"activations down (e.g. normalise inside f/g) or use reversible=False.")
+        if ctx.off_grid is not None and ctx.off_grid.value():
+            raise ValueError(
+                f"RebuildSequential backward: the input of a RevSequential was not on the grid "
+                f"2**-{GRID_BITS} (float32), so the layer before it cannot be given its output "
+                f"back exactly; put that chain in an nn.Sequential")
         index = ctx.index
         grads: list = [None] * len(index)
         pair, gpair = y.chunk(2, ctx.dim), gy.to(y.dtype).chunk(2, ctx.dim)
@@ -417,9 +483,13 @@ class _RevChain(torch.autograd.Function):
                                                gpair, bp, reuse)
                 for p, g in zip(bp, pg):
                     grads[index[id(p)]] = _add(grads[index[id(p)]], g)
+        if ctx.rebuilt is not None:
+            # held from here by the saved tensors it stands for only: freed with them once
+            # the layer before has run its backward (a second backward finds it there)
+            ctx.rebuilt.value, ctx.rebuilt = torch.cat(pair, ctx.dim), None
         del pair
         gx = torch.cat(gpair, ctx.dim).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        return (gx, None) + tuple(grads)
+        return (gx, None, None) + tuple(grads)
 
 
 def _params(blocks: nn.ModuleList) -> list:
@@ -428,17 +498,22 @@ def _params(blocks: nn.ModuleList) -> list:
     return [p for p in blocks.parameters() if p.requires_grad]
 
 
-def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool) -> torch.Tensor:
+def _records(blocks: nn.ModuleList, x: torch.Tensor) -> bool:
+    """Whether a reversible chain's call takes its autograd node (_RevChain)."""
+    return bool(blocks) and torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in blocks.parameters()))
+
+
+def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
+         rebuilt: Optional[_Rebuilt] = None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if not blocks:
         return quantize(x)
-    params = _params(blocks)
-    records = torch.is_grad_enabled() and (x.requires_grad or bool(params))
-    if reversible and records:
-        return _RevChain.apply(x, blocks, *params)
+    if reversible and _records(blocks, x):
+        return _RevChain.apply(x, blocks, rebuilt, *_params(blocks))
     d = _chain_dim(blocks, x, "x")
     pair = _halves(x, d)
     for b in blocks:
@@ -472,7 +547,9 @@ class RevSequential(nn.Module):
         return self.blocks[i]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run(self.blocks, x, self.reversible)
+        return _run(self.blocks, x, self.reversible, self._rebuilt)
+
+    _rebuilt: Optional[_Rebuilt] = None  # set by RebuildSequential for one call
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -497,3 +574,51 @@ class RevSequential(nn.Module):
 
     def extra_repr(self) -> str:
         return f"reversible={self.reversible}"
+
+
+class RebuildSequential(nn.Sequential):
+    """``nn.Sequential`` in which a layer whose output goes straight into a reversible
+    :class:`RevSequential` keeps no copy of that output for its backward: the chain's backward
+    rebuilds its input exactly and hands it over, before the layer's backward runs. The layer's
+    own node is then free of it (a :class:`revsnn.RevLIF` before a chain keeps nothing but its
+    final state), and the output's memory goes as soon as the chain has read it.
+
+    How: the layer runs under ``torch.autograd.graph.saved_tensors_hooks``; what it saves in
+    the output's memory is replaced by a view of the rebuilt input, the rest goes on to the
+    hooks in force outside, as without this class. Values and gradients are those of
+    ``nn.Sequential``. The output must feed the chain alone (it does, in a plain sequence) and
+    be on the blocks' grid (``2**-16``, float32: a float32 RevLIF output is); otherwise the
+    backward raises. Where nothing is saved in the output's memory, or the chain does not take
+    its reversible path (no grad, ``reversible=False``), this is ``nn.Sequential``.
+    """
+
+    def forward(self, x):
+        mods, i = list(self), 0
+        while i < len(mods):
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            if not (isinstance(nxt, RevSequential) and nxt.reversible
+                    and torch.is_grad_enabled()):
+                x = mods[i](x)
+                i += 1
+                continue
+            outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+            saved: list = []
+
+            def pack(t: torch.Tensor) -> _Saved:
+                saved.append(_Saved(t))
+                return saved[-1]
+            with torch.autograd.graph.saved_tensors_hooks(pack, _Saved.get):
+                x = mods[i](x)
+            mine = [s.is_memory_of(x) for s in saved]
+            rebuilt = (_Rebuilt() if any(mine) and _rebuildable(x)
+                       and _records(nxt.blocks, x) else None)
+            for s, own in zip(saved, mine):
+                s.settle(rebuilt if own else None, outer)
+            del saved, mine
+            nxt._rebuilt = rebuilt
+            try:
+                x = nxt(x)
+            finally:
+                nxt._rebuilt = None
+            i += 2
+        return x
