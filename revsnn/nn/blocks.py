@@ -421,7 +421,7 @@ class _Saved:
 def _rebuildable(x: torch.Tensor) -> bool:
     """Whether a chain's rebuilt input can stand for ``x``'s memory: a float32 (float64)
     tensor covering its memory exactly, in the layout the chain rebuilds (contiguous)."""
-    return (x.dtype == _stream_dtype(x.dtype) and x.is_contiguous()
+    return (x.numel() > 0 and x.dtype == _stream_dtype(x.dtype) and x.is_contiguous()
             and x.storage_offset() == 0
             and x.untyped_storage().nbytes() == x.numel() * x.element_size())
 
@@ -500,8 +500,7 @@ def _params(blocks: nn.ModuleList) -> list:
 
 def _records(blocks: nn.ModuleList, x: torch.Tensor) -> bool:
     """Whether a reversible chain's call takes its autograd node (_RevChain)."""
-    return bool(blocks) and torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in blocks.parameters()))
+    return bool(blocks) and torch.is_grad_enabled() and (x.requires_grad or bool(_params(blocks)))
 
 
 def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
