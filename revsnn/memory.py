@@ -1,4 +1,5 @@
-"""Measuring what autograd keeps for the backward pass (used by the demo, training and bench)."""
+"""Measuring memory: what autograd keeps for the backward pass (KeptBytes) and the tensors live
+over a block of code (LiveBytes); used by the demo, training, bench and tests."""
 from __future__ import annotations
 
 import weakref
