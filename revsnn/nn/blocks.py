@@ -12,7 +12,9 @@ autograd, one block at a time, differentiating g's recomputed graph and freeing 
 again. The halves travel as separate tensors; the backward holds one pair of input halves and
 one of gradient halves, rewritten in place from block to block, and lets go of the chain's
 output once its last block is inverted. Activation memory is therefore about two outputs' worth
-plus one branch's recomputation, whatever the depth.
+plus one branch's recomputation, whatever the depth. The chain's input, rebuilt too, is handed
+back to the layer that produced it when both sit in a :class:`RebuildSequential`, so that layer
+need not keep its own copy.
 
 Exactness. In floating point ``(x1 + a) - a`` need not give back ``x1``; one flipped bit would
 cross a spiking node's input grid and flip spikes further down. ``Q`` rounds to the fixed grid
