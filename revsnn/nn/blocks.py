@@ -250,8 +250,7 @@ class RevBlock(nn.Module):
         graph is freed.
 
         Memory: g's recomputed graph is differentiated and freed before f runs again, so that
-        one branch's activations are live at a time, and each branch's quantized output is
-        made after its graph is freed."""
+        one branch's activations are live at a time (:meth:`_undo`)."""
         if gy is None:
             with torch.no_grad():
                 g_out = snap_g.rerun(self.g, y1) if snap_g else self.g(y1)
@@ -262,25 +261,28 @@ class RevBlock(nn.Module):
             return x1, x2
         gy1, gy2 = gy
         n = len(params)
-        g_out, g_in = self._rerun(self.g, snap_g, y1)
-        g_grads = _unshared(torch.autograd.grad(g_out, [g_in] + params, gy2.to(g_out.dtype),
-                                                allow_unused=True), gy2)
-        del g_in
-        with torch.no_grad():
-            x2 = _minus(y2, self._branch(g_out, y1, "g"), reuse)
-        del g_out
+        x2, g_grads = self._undo("g", snap_g, y1, y2, gy2, params, reuse)
         gx1 = _plus(gy1, g_grads[0], reuse)
         g_grads[0] = None
-        f_out, f_in = self._rerun(self.f, snap_f, x2)
-        f_grads = _unshared(torch.autograd.grad(f_out, [f_in] + params, gx1.to(f_out.dtype),
-                                                allow_unused=True), gx1)
-        del f_in
-        with torch.no_grad():
-            x1 = _minus(y1, self._branch(f_out, x2, "f"), reuse)
-        del f_out
+        x1, f_grads = self._undo("f", snap_f, x2, y1, gx1, params, reuse)
         gx2 = _plus(gy2, f_grads[0], reuse)
         grads = [_add(a, b) for a, b in zip(g_grads[1:1 + n], f_grads[1:1 + n])]
         return (x1, x2), (gx1, gx2), grads
+
+    def _undo(self, which: str, snap: _Snapshot, inp: torch.Tensor, coupled: torch.Tensor,
+              grad_out: torch.Tensor, params: list, reuse: bool):
+        """One half of the inverse with its gradient: branch ``which`` recomputed on ``inp``
+        and differentiated with ``grad_out`` (its graph is freed on return), then the coupled
+        half ``coupled - Q(branch(inp))``; returns it and the gradients (input, ``params``).
+        The quantized output is made only once the graph is freed, so the two are never live
+        together."""
+        out, leaf = self._rerun(getattr(self, which), snap, inp)
+        grads = _unshared(torch.autograd.grad(out, [leaf] + params, grad_out.to(out.dtype),
+                                              allow_unused=True), grad_out)
+        del leaf
+        with torch.no_grad():
+            x = _minus(coupled, self._branch(out, inp, which), reuse)
+        return x, grads
 
     @staticmethod
     def _rerun(module: nn.Module, snap: _Snapshot, inp: torch.Tensor):
