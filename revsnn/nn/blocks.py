@@ -502,9 +502,10 @@ def _params(blocks: nn.ModuleList) -> list:
     return [p for p in blocks.parameters() if p.requires_grad]
 
 
-def _records(blocks: nn.ModuleList, x: torch.Tensor) -> bool:
-    """Whether a reversible chain's call takes its autograd node (_RevChain)."""
-    return bool(blocks) and torch.is_grad_enabled() and (x.requires_grad or bool(_params(blocks)))
+def _records(x: torch.Tensor, params: list) -> bool:
+    """Whether a reversible chain (not empty; ``params``: its :func:`_params`) called on ``x``
+    takes its autograd node (_RevChain)."""
+    return torch.is_grad_enabled() and (x.requires_grad or bool(params))
 
 
 def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
@@ -515,8 +516,9 @@ def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if not blocks:
         return quantize(x)
-    if reversible and _records(blocks, x):
-        return _RevChain.apply(x, blocks, rebuilt, *_params(blocks))
+    params = _params(blocks)
+    if reversible and _records(x, params):
+        return _RevChain.apply(x, blocks, rebuilt, *params)
     d = _chain_dim(blocks, x, "x")
     pair = _halves(x, d)
     for b in blocks:
@@ -614,7 +616,7 @@ class RebuildSequential(nn.Sequential):
                 x = mods[i](x)
             mine = [s.is_memory_of(x) for s in saved]
             rebuilt = (_Rebuilt() if any(mine) and _rebuildable(x)
-                       and _records(nxt.blocks, x) else None)
+                       and len(nxt) and _records(x, _params(nxt.blocks)) else None)
             for s, own in zip(saved, mine):
                 s.settle(rebuilt if own else None, outer)
             del saved, mine
