@@ -9,7 +9,8 @@
 #
 # Diagnostics: host time per call of the reversible node's layers next to SpikingJelly's
 # Triton LIF (python -m bench.sweep --host), and where the peak memory of a ResNet-18 training
-# step goes (python -m bench.peak).
+# step goes (python -m bench.peak: also the op inside which the allocator peaked, and the
+# memory ops took and gave back, e.g. cuDNN workspaces).
 #
 # Needs only python3 with torch, triton, numpy and pytest (torch 2.11 / triton 3.6 or newer).
 # Results: bench/results/gpu/<section>/*.csv|.md|.png, a log per step in bench/results/gpu/,
@@ -49,7 +50,7 @@ while [ $# -gt 0 ]; do
         --no-tests) TESTS_ON=0 ;;
         --diag) DIAG=1 ;;
         --only) shift; SECTIONS=$(echo "${1:-}" | tr ',' ' ') ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (use --full, --diag, --no-tests, --only SECTIONS or" \
                 "--help)" >&2
            exit 2 ;;

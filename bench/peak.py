@@ -21,7 +21,10 @@ model was built (on CUDA; on CPU, above what was live when the step began).
   momentum and input from the start, then every tensor an op makes until it is freed, with the
   line that made it. The same figure on every device: what a GPU allocator would count
   without the memory ops take and give back inside themselves (cuDNN workspaces). On CUDA the
-  allocator's peak minus this one is that memory.
+  allocator's peak minus this one is that memory, and the same step also reads the allocator
+  around every op (``OpAllocator``): the op inside which the allocator's count was highest,
+  that count taken apart (tensors counted, memory the op took and gave back, memory outside
+  the tensors counted), and the ops that took the most memory and gave it back.
 """
 from __future__ import annotations
 
@@ -31,9 +34,10 @@ import sys
 import traceback
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from revsnn.memory import EXISTING, LiveBytes
 
@@ -97,10 +101,46 @@ def _python_origin() -> str:
     return origin(frames)
 
 
+class OpAllocator(LiveBytes):
+    """LiveBytes that also reads the CUDA allocator around every op (its peak statistic is
+    reset before each). ``top``: the op inside which the allocator's count was highest, as a
+    dict: ``op``, ``shapes`` (of its first tensor arguments), ``origin``, ``inside`` (that
+    count), ``tensors`` (bytes of the tensors counted, after the op), ``given_back`` (what the
+    op took and freed again before it returned: a workspace), ``outside`` (allocated but not a
+    tensor counted: what was there before the step and anything the count misses).
+    ``given_back``: the largest such memory per ``(op, shapes, origin)``."""
+
+    def __init__(self, existing: Iterable[torch.Tensor] = (), origin=None) -> None:
+        super().__init__(existing, origin)
+        self.top: dict = {}
+        self.given_back: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        torch.cuda.reset_peak_memory_stats()
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        inside, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+        back = inside - after
+        if back < MIB and inside <= self.top.get("inside", -1):
+            return out
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        shapes = " ".join(str(list(t.shape)) for t in tensors[:3]) or "no tensor argument"
+        where = self._origin() if self._origin else ""
+        if back >= MIB:
+            key = (str(func), shapes, where)
+            self.given_back[key] = max(self.given_back[key], back)
+        if inside > self.top.get("inside", -1):
+            self.top = dict(op=str(func), shapes=shapes, origin=where, inside=inside,
+                            tensors=self.now, given_back=back, outside=after - self.now)
+        return out
+
+
 def tensor_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
-                device: str) -> dict:
+                device: str, per_op: Optional[bool] = None) -> dict:
     """Phase peaks of a step counted over tensors (see the module docstring), and the
-    storages live at the step's peak by origin (an op of the backward under its name)."""
+    storages live at the step's peak by origin (an op of the backward under its name).
+    ``per_op`` (default: on CUDA) also reads the allocator around every op (``OpAllocator``):
+    the result then has ``top``, ``given_back`` and ``outside_at_start`` (bytes allocated
+    outside the tensors counted when the step began)."""
     step = SGDStep(model_name, variant, T, batch, kw, device)
     step()
     gc.collect()
@@ -109,7 +149,10 @@ def tensor_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
                 + list(step.model.buffers()) + [step.x, step.labels]
                 + [v for st in step.opt.state.values() for v in st.values()
                    if isinstance(v, torch.Tensor)])
-    live = LiveBytes(existing, origin=_python_origin)
+    if per_op is None:
+        per_op = device.startswith("cuda")
+    live = (OpAllocator if per_op else LiveBytes)(existing, origin=_python_origin)
+    extra = dict(outside_at_start=torch.cuda.memory_allocated() - live.now) if per_op else {}
     phases: dict = {}
 
     def mark(name):
@@ -128,7 +171,9 @@ def tensor_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
         elif "backward" in where or "backward" in op:
             where = f"{where} [{op}]"
         by_origin[where] += nbytes
-    return dict(phases={k: v[0] for k, v in phases.items()}, live=by_origin)
+    if per_op:
+        extra.update(top=live.top, given_back=live.given_back)
+    return dict(phases={k: v[0] for k, v in phases.items()}, live=by_origin, **extra)
 
 
 def cuda_peak(model_name: str, variant: str, T: int, batch: int, kw: dict,
@@ -226,6 +271,18 @@ def _print_tensors(t: dict, top: int) -> None:
     print("\n| MiB | live at the tensor peak, made at |\n|---|---|")
     for where, n in t["live"].most_common(top):
         print(f"| {n / MIB:.1f} | `{where}` |")
+    if "top" not in t:
+        return
+    op = t["top"]
+    print(f"\nallocator, read around every op: its peak, {op['inside'] / MIB:.0f} MiB, was "
+          f"reached inside `{op['op']}` ({op['shapes']}) at `{op['origin']}`: "
+          f"{op['tensors'] / MIB:.0f} MiB of tensors counted + {op['given_back'] / MIB:.0f} "
+          f"taken and given back inside the op + {op['outside'] / MIB:.0f} outside the tensors "
+          f"counted ({t['outside_at_start'] / MIB:.0f} of that already at the step's start)")
+    print("\n| MiB | taken and given back inside one op (largest first) | shapes | at |\n"
+          "|---|---|---|---|")
+    for (name, shapes, where), n in t["given_back"].most_common(top):
+        print(f"| {n / MIB:.1f} | `{name}` | {shapes} | `{where}` |")
 
 
 def main(argv=None) -> int:

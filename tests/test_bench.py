@@ -230,6 +230,34 @@ def test_peak_over_tensors_and_report(capsys):
     assert "allocator" not in out and "counted over tensors" in out
 
 
+def test_peak_per_op_allocator_reading_with_the_allocator_calls_replaced(monkeypatch, capsys):
+    """OpAllocator (CUDA only) with a stand-in allocator: 100 MiB allocated throughout, its
+    peak growing by 1 MiB per reading, so the last op holds the peak and every op gave
+    memory back."""
+    reads = []
+
+    def max_allocated():
+        reads.append((101 + len(reads)) << 20)
+        return reads[-1]
+    for name, fn in dict(memory_allocated=lambda: 100 << 20, max_memory_allocated=max_allocated,
+                         reset_peak_memory_stats=lambda: None).items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    t = peak.tensor_peak("vgg11", "revlif-rev", 2, 2, dict(width=16), "cpu", per_op=True)
+    top = t["top"]
+    assert top["inside"] == reads[-1] and top["given_back"] == reads[-1] - (100 << 20)
+    assert top["tensors"] + top["given_back"] + top["outside"] == top["inside"]
+    assert top["op"] and any(op.startswith("aten.convolution_backward") and shapes.startswith("[")
+                             for op, shapes, _ in t["given_back"])
+    assert max(t["given_back"].values()) == top["given_back"]
+    assert len(t["given_back"]) > 10 and min(t["given_back"].values()) == 1 << 20
+    assert t["outside_at_start"] == (100 << 20) - t["live"][
+        "(live at the step's start: weights, gradients, momentum, input)"]
+    peak._print_tensors(t, 3)
+    out = capsys.readouterr().out
+    assert f"its peak, {reads[-1] >> 20} MiB, was reached inside `{top['op']}`" in out
+    assert out.count("\n| ") == 3 + 1 + 3 + 1  # header rows and three rows of each table
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
                     reason="the raw launches need Triton: a GPU or the interpreter")
 def test_sweep_host_times_runs_every_layer():
