@@ -50,8 +50,24 @@ _GRIDS = {
     torch.bfloat16: (8, 5),
 }
 SURROGATES = {"sigmoid": (0, 4.0), "atan": (1, 2.0)}
+Param = Union[float, torch.Tensor]
+"""tau or v_threshold: a number, or a tensor of one value or one per channel."""
+MAX_STEP_NEURONS = 2 ** 31 - 1
+"""Most neurons per time step: the reversible node's kernels index a step with int32 offsets."""
 BACKWARDS = ("fused", "recompute")
 BACKENDS = ("auto", "triton", "torch")
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The float dtype the nodes compute in for inputs of ``dtype``: float64 for float64,
+    float32 for the rest (float16 and bfloat16 potentials would drift)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_flag(value, name: str) -> None:
+    """A boolean option: True/False (or 0/1), not a string or None that would read as one."""
+    if isinstance(value, str) or value is None or value not in (0, 1):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _pow2_exponent(value: float, name: str, lo: int, hi: int) -> int:
@@ -114,13 +130,15 @@ class RevLIFConfig(_NeuronOptions):
     detach_reset: bool
 
     @staticmethod
-    def build(tau: Union[float, torch.Tensor] = 2.0, decay_input: bool = True,
-              v_threshold: Union[float, torch.Tensor] = 1.0,
+    def build(tau: Param = 2.0, decay_input: bool = True,
+              v_threshold: Param = 1.0,
               v_reset: Optional[float] = 0.0, alpha: float = 1.0, beta1: float = -0.5,
               beta2: float = 0.5, surrogate: str = "sigmoid",
               surrogate_alpha: Optional[float] = None, detach_reset: bool = False,
               ) -> "RevLIFConfig":
         """Validate the scalar options (tensor tau/v_threshold are checked by channel_param)."""
+        check_flag(decay_input, "decay_input")
+        check_flag(detach_reset, "detach_reset")
         if not isinstance(tau, torch.Tensor):
             _check_scalar(tau, "tau", 1.0, math.inf, allow_inf=True)
         if not isinstance(v_threshold, torch.Tensor):
@@ -189,18 +207,29 @@ def _check_scalar(v, name: str, lo: float, hi: float, allow_inf: bool = False) -
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         raise TypeError(f"{name} must be a float or a per-channel tensor, got {type(v).__name__}")
     if math.isnan(v) or (math.isinf(v) and not allow_inf) or not lo < v <= hi:
-        raise ValueError(f"{name} must be finite and in ({lo}, {hi}]"
+        where = f"> {lo}" if math.isinf(hi) else f"in ({lo}, {hi}]"
+        raise ValueError(f"{name} must be finite and {where}"
                          + (" (or math.inf)" if allow_inf else "") + f", got {v}")
+
+
+def check_param_values(t: torch.Tensor, name: str, lo: float, hi: float,
+                       allow_inf: bool = False) -> None:
+    """Every value of a tensor tau or v_threshold, checked as a number would be. Reads the
+    tensor on the host: for the layers' constructors, not for every call."""
+    for v in t.detach().reshape(-1).tolist():
+        _check_scalar(v, name, lo, hi, allow_inf)
 
 
 @functools.lru_cache(maxsize=256)
 def _scalar_tensor(value: float, device: torch.device) -> torch.Tensor:
     # made once per value and device: building it on every call is a host-to-device copy,
-    # which waits for the device; the ops only read it
-    return torch.tensor([value], dtype=torch.float32, device=device)
+    # which waits for the device; the ops only read it. Never an inference tensor (made under
+    # inference_mode), which autograd could not save in later calls that train.
+    with torch.inference_mode(False):
+        return torch.tensor([value], dtype=torch.float32, device=device)
 
 
-def channel_param(value: Union[float, torch.Tensor], name: str, channels: int,
+def channel_param(value: Param, name: str, channels: int,
                   device: torch.device) -> torch.Tensor:
     """tau or v_threshold as a float tensor [1] (a scalar) or [C] (one per channel).
 
@@ -224,7 +253,6 @@ def channel_param(value: Union[float, torch.Tensor], name: str, channels: int,
 class Grid:
     """Input/output grid of one dtype and alpha, in the integer units the kernels use."""
 
-    p_bits: int
     fy: int
     x_frac: int      # x is quantized to 2**-x_frac
     x_shift: int     # x integer units -> potential units: << x_shift
@@ -241,9 +269,10 @@ class Grid:
 
 
 def grid_for(dtype: torch.dtype, cfg: RevLIFConfig) -> Grid:
+    """The grid of x and y for the output ``dtype`` and the config's alpha (module docstring)."""
     p_bits, fy = _GRIDS[dtype]
     a = cfg.alpha_exp
-    return Grid(p_bits, fy, fy + a, F_BITS - fy - a, (1 << p_bits) - (1 << fy))
+    return Grid(fy, fy + a, F_BITS - fy - a, (1 << p_bits) - (1 << fy))
 
 
 def check_device(t: torch.Tensor, name: str, device: torch.device) -> None:
@@ -253,6 +282,7 @@ def check_device(t: torch.Tensor, name: str, device: torch.device) -> None:
 
 
 def check_float_tensor(t: torch.Tensor, name: str) -> None:
+    """``t`` must be a tensor of a dtype the nodes take (float32, float64, float16, bfloat16)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in _GRIDS:
@@ -277,10 +307,6 @@ class Layout:
     def pairs(self) -> int:
         return self.A * self.R
 
-    @property
-    def neurons(self) -> int:
-        return 2 * self.A * self.R
-
 
 def channel_dim(shape: torch.Size, dim: int, name: str = "x") -> int:
     """``dim`` as a non-negative index of a non-time dimension of a time-first ``shape``."""
@@ -294,6 +320,7 @@ def channel_dim(shape: torch.Size, dim: int, name: str = "x") -> int:
 
 
 def layout_of(shape: torch.Size, dim: int, name: str = "x") -> Layout:
+    """The :class:`Layout` of a time-first ``shape`` split along ``dim``, after checking it."""
     if len(shape) < 3:
         raise ValueError(f"{name} must have shape [T, B, C, *] (rank >= 3), got rank {len(shape)}")
     d = channel_dim(shape, dim, name)
@@ -303,6 +330,9 @@ def layout_of(shape: torch.Size, dim: int, name: str = "x") -> Layout:
                          f"reversible node, got {C}")
     if shape[0] < 1:
         raise ValueError(f"{name} must have at least one time step (T >= 1), got T={shape[0]}")
+    if math.prod(shape[1:]) > MAX_STEP_NEURONS:
+        raise ValueError(f"{name} has {math.prod(shape[1:])} neurons per time step, more than "
+                         f"the {MAX_STEP_NEURONS} the kernels index; split the batch")
     return Layout(shape[0], math.prod(shape[1:d]), C // 2 * math.prod(shape[d + 1:]), d)
 
 
@@ -319,14 +349,17 @@ class LIFConfig(_NeuronOptions):
     detach_reset: bool
 
     @staticmethod
-    def build(tau: Union[float, torch.Tensor] = 2.0, decay_input: bool = True,
-              v_threshold: Union[float, torch.Tensor] = 1.0, v_reset: Optional[float] = 0.0,
+    def build(tau: Param = 2.0, decay_input: bool = True,
+              v_threshold: Param = 1.0, v_reset: Optional[float] = 0.0,
               surrogate: str = "sigmoid", surrogate_alpha: Optional[float] = None,
               detach_reset: bool = False) -> "LIFConfig":
         """Check the options; tau and v_threshold only when they are numbers (a tensor's values
         would have to be read on the host: the layer checks them once, at construction)."""
+        check_flag(decay_input, "decay_input")
+        check_flag(detach_reset, "detach_reset")
         for name, v in (("tau", tau), ("v_threshold", v_threshold), ("v_reset", v_reset)):
-            if isinstance(v, torch.Tensor) or (v is None and name == "v_reset"):
+            if (isinstance(v, torch.Tensor) and name != "v_reset"
+                    or v is None and name == "v_reset"):
                 continue
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise TypeError(f"{name} must be a float" + (" or None" if name == "v_reset"

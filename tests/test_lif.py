@@ -297,6 +297,9 @@ def test_layouts_and_empty(backend):
     s, v = lif(xt, backend=backend)
     st, vt = lif(xt.contiguous(), backend=backend)
     assert torch.equal(s, st) and torch.equal(v, vt)
+    xe = torch.zeros(3, 2, 4, 0, device=DEVICE, requires_grad=True)  # an empty trailing dim
+    s, v = lif(xe, tau=make_param([2.0] * 4), v_threshold=make_param([1.0] * 4), backend=backend)
+    assert s.shape == xe.shape and v.shape == (2, 4, 0)
     x = torch.zeros(3, 0, 4, device=DEVICE, requires_grad=True)
     tau = make_param([2.0] * 4)
     s, v = lif(x, tau=tau, backend=backend)
@@ -330,8 +333,16 @@ def test_layouts_and_empty(backend):
     (lambda x: lif(x, surrogate_alpha=-1.0), ValueError, "surrogate_alpha"),
     (lambda x: lif(x, backend="cuda"), ValueError, "backend"),
     (lambda x: lif_step(x[0, 0, 0, 0]), ValueError, "rank"),
-    (lambda x: revsnn.LIF(tau=torch.tensor([2.0, 0.5])), ValueError, "tau values"),
+    (lambda x: revsnn.LIF(tau=torch.tensor([2.0, 0.5])), ValueError, "tau must be finite and > 1"),
     (lambda x: revsnn.LIF(step_mode="x"), ValueError, "step_mode"),
+    (lambda x: lif(x, v_reset=torch.zeros(6)), TypeError, "v_reset must be a float or None"),
+    (lambda x: revsnn.LIF(v_reset=torch.zeros(())), TypeError, "v_reset"),
+    (lambda x: lif(x, decay_input="no"), TypeError, "decay_input must be True or False"),
+    (lambda x: lif(x, tau=torch.ones(0)), ValueError, "tau must be"),
+    (lambda x: revsnn.LIF(detach_reset=None), TypeError, "detach_reset"),
+    (lambda x: revsnn.LIF(learn_tau=True, channels=True), ValueError, "channels"),
+    (lambda x: revsnn.LIF(dim="a", step_mode="s"), TypeError, "dim must be an int"),
+    (lambda x: revsnn.LIF(dim=0, step_mode="s"), ValueError, "time dim"),
     (lambda x: revsnn.LIF(surrogate="relu"), ValueError, "surrogate"),
 ])
 def test_bad_input(call, exc, match):

@@ -9,7 +9,7 @@ import torch
 
 import revsnn
 from revsnn._config import POISON_LIMIT, RevLIFConfig, grid_for
-from revsnn.functional import rev_lif, rev_lif_inverse
+from revsnn.functional import lif, rev_lif, rev_lif_inverse
 from revsnn.reference import rev_lif_float64, rev_lif_int
 from revsnn._readback import Readback
 from revsnn.ops import rev_lif as rev_lif_op
@@ -363,6 +363,74 @@ def test_noncontiguous_and_dim(backend):
     assert torch.equal(yc, rev_lif(xc.contiguous(), backend=backend)[0])
 
 
+def test_strided_and_expanded_states_read_as_their_values(backend):
+    """The kernels read dense memory: a state that is a strided or expanded view (of floats, of
+    int32 words, or a strided stash) must give what its contiguous copy gives."""
+    x = make_x((5, 3, 6), seed=31, requires_grad=True)
+    row = torch.tensor([[0.9, 0.1, 0.5, -0.3, 0.7, 0.2]], device=DEVICE)
+    wide = make_x((3, 12), seed=32)
+    for v0 in (row.expand(3, 6), wide[:, ::2], wide.t().contiguous().t()[:, :6]):
+        assert not v0.is_contiguous()
+        y, st = rev_lif(x, v0, backend=backend)
+        yc, stc = rev_lif(x, v0.contiguous(), backend=backend)
+        assert torch.equal(y, yc) and torch.equal(st.v_fixed, stc.v_fixed)
+    y, st = rev_lif(x, keep_stash=True, backend=backend)
+    words = torch.zeros(st.v_fixed.shape[0], 12, dtype=torch.int32, device=DEVICE)
+    words[:, ::2] = st.v_fixed
+    stash = torch.zeros(st.stash.shape[0], 2 * st.stash.shape[1], dtype=torch.int32,
+                        device=DEVICE)
+    stash[:, 1::2] = st.stash
+    strided = RevLIFState(words[:, ::2], stash[:, 1::2])
+    x_back, v0_back = rev_lif_inverse(y.detach(), strided, backend=backend)
+    assert torch.equal(x_back, on_grid(x.detach()))
+    y2, st2 = rev_lif(x, strided, backend=backend)
+    assert torch.equal(y2, rev_lif(x, RevLIFState(st.v_fixed, st.stash), backend=backend)[0])
+
+
+def test_inference_mode_first_then_training():
+    """The scalar parameters' cached tensors are made outside inference mode: a first call
+    under torch.inference_mode (a validation pass before training) must not poison them."""
+    node = revsnn.RevLIF(tau=3.5, v_threshold=0.75)
+    with torch.inference_mode():
+        node(make_x((4, 2, 6)))
+    node.reset()
+    x = make_x((4, 2, 6), requires_grad=True)
+    node(x).sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("node", ["lif", "rev_lif"])
+def test_double_backward_raises_and_create_graph_keeps_first_order(node):
+    """The ops' backwards are first order: with create_graph=True the gradient is the usual
+    one, and differentiating it raises instead of treating it as a constant."""
+    fn = (lambda x: lif(x)[0]) if node == "lif" else (lambda x: rev_lif(x)[0])
+    x = make_x((4, 2, 6), seed=33, requires_grad=True)
+    g, = torch.autograd.grad(fn(x).square().sum(), x, create_graph=True)
+    g_plain, = torch.autograd.grad(fn(x).square().sum(), x)
+    assert torch.equal(g.detach(), g_plain) and g.requires_grad
+    with pytest.raises(RuntimeError, match=f"backward of revsnn's {node} is not differentiable"):
+        g.square().sum().backward()
+
+
+def test_layer_tensor_params_are_buffers():
+    """A tensor tau / v_threshold that is not a Parameter is a buffer: in the state_dict, moved
+    and cast with the layer, and a copy (the caller's tensor is not aliased)."""
+    tau = torch.full([6], 3.0)
+    node = revsnn.RevLIF(tau=tau, v_threshold=torch.tensor(0.5))
+    assert set(node.state_dict()) == {"tau", "v_threshold"}
+    tau.fill_(1.0)
+    assert torch.equal(node.tau, torch.full([6], 3.0))
+    node.double()
+    assert node.tau.dtype == torch.float64
+    x = make_x((3, 2, 6))
+    y, _ = rev_lif(x, tau=3.0, v_threshold=0.5)
+    assert torch.equal(node(x), y)
+    other = revsnn.RevLIF(tau=torch.zeros(6) + 9.0, v_threshold=torch.tensor(0.1))
+    other.load_state_dict(node.state_dict())
+    other.reset()
+    assert torch.equal(other(x), y)
+
+
 def test_empty_batch_and_single_step(backend):
     x = torch.zeros(3, 0, 4, device=DEVICE, requires_grad=True)
     y, st = rev_lif(x, backend=backend)
@@ -399,6 +467,16 @@ def test_empty_batch_and_single_step(backend):
     (lambda x: rev_lif(x, v_threshold=float("inf")), ValueError, "v_threshold"),
     (lambda x: rev_lif(x.requires_grad_(), keep_stash=False), ValueError, "keep_stash"),
     (lambda x: rev_lif_inverse(x, x), TypeError, "RevLIFState"),
+    (lambda x: rev_lif(x, decay_input="no"), TypeError, "decay_input must be True or False"),
+    (lambda x: rev_lif(x, detach_reset=None), TypeError, "detach_reset"),
+    (lambda x: rev_lif(x, keep_stash="yes"), TypeError, "keep_stash"),
+    (lambda x: rev_lif(x, validate="no"), TypeError, "validate"),
+    # expanded: 2**31 neurons per step without the memory; more than the kernels' int32 offsets
+    (lambda x: rev_lif(x.new_zeros(1).expand(1, 2, 2 ** 30)), ValueError, "neurons per time step"),
+    (lambda x: revsnn.RevLIF(tau=torch.tensor([2.0, 0.5])), ValueError, "tau must be finite"),
+    (lambda x: revsnn.RevLIF(tau=torch.tensor([2.0, math.inf])), ValueError, "tau must be finite"),
+    (lambda x: revsnn.RevLIF(v_threshold=torch.tensor([65.0])), ValueError, "v_threshold"),
+    (lambda x: revsnn.RevLIF(keep_stash=1.5), TypeError, "keep_stash"),
 ])
 def test_bad_input(call, exc, match):
     x = torch.zeros(4, 2, 6, 3, device=DEVICE)
@@ -606,7 +684,7 @@ def test_scalar_tensor_params_and_layer_parameters(backend):
     gt, gv = torch.autograd.grad(yr.square().sum(), (tau, vth))
     assert_close_rel(tau.grad, gt)
     assert_close_rel(vth.grad, gv)
-    assert "tau=Tensor[]" in repr(node)
+    assert "tau=tensor[]" in repr(node)
 
 
 @pytest.mark.parametrize("call,exc,match", [

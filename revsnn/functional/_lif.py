@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
-from .._config import BACKENDS, LIFConfig, channel_dim, check_device, check_float_tensor
+from .._config import (BACKENDS, LIFConfig, Param, acc_dtype, channel_dim, check_device,
+                       check_float_tensor)
 from ..ops import lif as _op
-
-Param = Union[float, torch.Tensor]
 
 
 def _validate(tau: Param, decay_input: bool, v_threshold: Param, v_reset: Optional[float],
@@ -30,7 +29,8 @@ def _channels(shape: torch.Size, dim: int, params: tuple) -> tuple[int, int]:
     if all(not isinstance(p, torch.Tensor) or p.numel() == 1 for p in params):
         return 1, 1
     d = channel_dim(shape, dim)
-    return shape[d], math.prod(shape[d + 1:])
+    # an empty trailing dim leaves nothing to compute; I = 1 keeps the [O, C, I] views defined
+    return shape[d], max(math.prod(shape[d + 1:]), 1)
 
 
 def _param(p: Param, name: str, x: torch.Tensor, C: int, acc: torch.dtype):
@@ -41,7 +41,7 @@ def _param(p: Param, name: str, x: torch.Tensor, C: int, acc: torch.dtype):
         return None
     check_float_tensor(p, name)
     check_device(p, name, x.device)
-    if p.numel() != 1 and tuple(p.shape) != (C,):
+    if p.numel() != 1 and tuple(p.shape) != (C,) or p.numel() == 0:
         raise ValueError(f"{name} must be a float, a one-element tensor or a tensor of shape "
                          f"[{C}] (one value per channel along dim), got shape {tuple(p.shape)}")
     return p.to(acc).reshape(-1)
@@ -99,7 +99,7 @@ def lif(x: torch.Tensor, v: Optional[torch.Tensor] = None, *, tau: Param = 2.0,
         raise ValueError(f"x must have shape [T, B, *] (rank >= 2), got rank {x.dim()}")
     if x.shape[0] < 1:
         raise ValueError(f"x must have at least one time step (T >= 1), got T={x.shape[0]}")
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     C, I = _channels(x.shape, dim, (tau, v_threshold))
     tau_t = _param(tau, "tau", x, C, acc)
     vth_t = _param(v_threshold, "v_threshold", x, C, acc)

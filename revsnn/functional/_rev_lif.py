@@ -5,14 +5,13 @@ from typing import Optional, Union
 
 import torch
 
-from .._config import (BACKENDS, BACKWARDS, RevLIFConfig, channel_param, check_device,
-                       check_float_tensor, layout_of)
+from .._config import (BACKENDS, BACKWARDS, Param, RevLIFConfig, channel_param,
+                       check_device, check_flag, check_float_tensor, layout_of)
 from ..ops import rev_lif as _op
 from ..state import RevLIFState
 
 
 StateLike = Union[None, RevLIFState, torch.Tensor]
-Param = Union[float, torch.Tensor]
 
 
 def _initial_state(state: StateLike, x: torch.Tensor, lay) -> Optional[torch.Tensor]:
@@ -33,10 +32,15 @@ def _initial_state(state: StateLike, x: torch.Tensor, lay) -> Optional[torch.Ten
         raise ValueError(f"{name} must have shape {tuple(x.shape[1:])} (x without T), got "
                          f"{tuple(v.shape)}")
     check_device(v, name, x.device)
-    return v.reshape(lay.A, 2, lay.R)
+    # the kernels read a dense [A, 2, R]: a strided or expanded state is copied first
+    return v.reshape(lay.A, 2, lay.R).contiguous()
 
 
-def _validate(cfg_kwargs: dict, backward: str, backend: str) -> RevLIFConfig:
+def _validate(cfg_kwargs: dict, backward: str, backend: str,
+              keep_stash: Optional[bool] = None, validate: bool = False) -> RevLIFConfig:
+    if keep_stash is not None:
+        check_flag(keep_stash, "keep_stash")
+    check_flag(validate, "validate")
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     if backend not in BACKENDS:
@@ -90,7 +94,7 @@ def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
     cfg = _validate(dict(tau=tau, decay_input=decay_input, v_threshold=v_threshold,
                          v_reset=v_reset, alpha=alpha, beta1=beta1, beta2=beta2,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
-                         detach_reset=detach_reset), backward, backend)
+                         detach_reset=detach_reset), backward, backend, keep_stash, validate)
     check_float_tensor(x, "x")
     lay = layout_of(x.shape, dim)
     v0 = _initial_state(state, x, lay)
@@ -139,13 +143,13 @@ def rev_lif_inverse(y: torch.Tensor, state: RevLIFState, *, tau: Param = 2.0,
     cfg = _validate(dict(tau=tau, decay_input=decay_input, v_threshold=v_threshold,
                          v_reset=v_reset, alpha=alpha, beta1=beta1, beta2=beta2,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
-                         detach_reset=detach_reset), backward, backend)
+                         detach_reset=detach_reset), backward, backend, keep_stash, validate)
     check_float_tensor(y, "y")
     lay = layout_of(y.shape, dim, "y")
     if not isinstance(state, RevLIFState):
         raise TypeError(f"state must be the RevLIFState returned by rev_lif, got "
                         f"{type(state).__name__}")
-    vT = _initial_state(RevLIFState(state.v_fixed, state.stash), y, lay)
+    vT = _initial_state(state, y, lay)
     if state.stash.device != y.device or state.stash.dtype != torch.int32:
         raise ValueError(f"state.stash must be int32 on {y.device}, got {state.stash.dtype} "
                          f"on {state.stash.device}")
@@ -153,8 +157,8 @@ def rev_lif_inverse(y: torch.Tensor, state: RevLIFState, *, tau: Param = 2.0,
     with torch.no_grad():
         tau_t = channel_param(tau, "tau", y.shape[lay.dim], y.device)
         vth_t = channel_param(v_threshold, "v_threshold", y.shape[lay.dim], y.device)
-        x, v0 = _op.rev_lif_inv(y4, vT, state.stash, tau_t, vth_t, *_node_args(cfg),
-                                backend)
+        x, v0 = _op.rev_lif_inv(y4, vT, state.stash.contiguous(), tau_t, vth_t,
+                                *_node_args(cfg), backend)
     out = RevLIFState(v0.view(y.shape[1:]), state.stash.new_empty(0, lay.pairs))
     if validate:
         out.check("rev_lif_inverse")

@@ -53,7 +53,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .._config import channel_dim
+from .._config import acc_dtype, channel_dim
 from .._readback import Readback
 
 GRID_BITS = 16
@@ -76,13 +76,9 @@ class _Quantize(torch.autograd.Function):
         return grad
 
 
-def _stream_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """``x`` in the block stream dtype, rounded to the ``2**-16`` grid (straight-through)."""
-    return _Quantize.apply(x.to(_stream_dtype(x.dtype)))
+    return _Quantize.apply(x.to(acc_dtype(x.dtype)))
 
 
 STATE_ATTRS = ("state", "v")
@@ -425,7 +421,7 @@ class _Saved:
 def _rebuildable(x: torch.Tensor) -> bool:
     """Whether a chain's rebuilt input can stand for ``x``'s memory: a float32 (float64)
     tensor covering its memory exactly, in the layout the chain rebuilds (contiguous)."""
-    return (x.numel() > 0 and x.dtype == _stream_dtype(x.dtype) and x.is_contiguous()
+    return (x.numel() > 0 and x.dtype == acc_dtype(x.dtype) and x.is_contiguous()
             and x.storage_offset() == 0
             and x.untyped_storage().nbytes() == x.numel() * x.element_size())
 

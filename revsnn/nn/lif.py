@@ -2,14 +2,15 @@
 ``revsnn.functional.lif``."""
 from __future__ import annotations
 
-from typing import Optional, Union
+import math
+from typing import Optional
 
 import torch
 from torch import nn
 
+from .._config import Param, check_param_values
 from ..functional import _lif as F
 
-Param = Union[float, torch.Tensor]
 STEP_MODES = ("m", "s")
 
 
@@ -47,8 +48,14 @@ class LIF(nn.Module):
         super().__init__()
         if step_mode not in STEP_MODES:
             raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
-        if channels is not None and (not isinstance(channels, int) or channels < 1):
+        if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool)
+                                     or channels < 1):
             raise ValueError(f"channels must be a positive int or None, got {channels!r}")
+        if not isinstance(dim, int) or isinstance(dim, bool):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        if dim == 0:
+            raise ValueError("dim indexes [T, B, C, *] (also in step_mode='s'): 0 is the time "
+                             "dim, not a channel dim")
         # validate now rather than at the first call
         F._validate(tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha,
                     detach_reset, backend)
@@ -64,11 +71,7 @@ class LIF(nn.Module):
     def _set_param(self, name: str, value: Param, learn: bool, channels: Optional[int]) -> None:
         """A float stays a float unless learned; a tensor becomes a parameter or a buffer."""
         if isinstance(value, torch.Tensor):
-            t = value.detach()
-            ok = torch.isfinite(t) & ((t > 1) if name == "tau" else True)
-            if not bool(ok.all()):
-                raise ValueError(f"{name} values must be finite" +
-                                 (" and > 1" if name == "tau" else "") + f", got {t.tolist()}")
+            check_param_values(value, name, 1.0 if name == "tau" else -math.inf, math.inf)
         if isinstance(value, nn.Parameter):
             setattr(self, name, value)
         elif learn:

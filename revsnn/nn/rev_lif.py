@@ -1,13 +1,15 @@
 """``nn.Module`` layers: thin wrappers over ``revsnn.functional``."""
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Optional
 
 import torch
 from torch import nn
 
+from .._config import V_PARAM_MAX, Param, check_param_values
 from ..functional import _rev_lif as F
-from ..functional._rev_lif import Param
 from ..state import RevLIFState
 
 
@@ -28,13 +30,21 @@ class RevLIF(nn.Module):
                  dim: int = 2, backward: str = "fused", keep_stash: Optional[bool] = None,
                  validate: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        # validate now rather than at the first call
+        # validate now rather than at the first call (a tensor's shape needs x: checked there)
         F._validate(dict(tau=tau, decay_input=decay_input, v_threshold=v_threshold,
                          v_reset=v_reset, alpha=alpha, beta1=beta1, beta2=beta2,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
-                         detach_reset=detach_reset), backward, backend)
-        self.tau = tau  # an nn.Parameter registers itself
-        self.v_threshold = v_threshold
+                         detach_reset=detach_reset), backward, backend, keep_stash, validate)
+        for name, value in (("tau", tau), ("v_threshold", v_threshold)):
+            if isinstance(value, torch.Tensor):
+                limits = ((1.0, math.inf, not decay_input) if name == "tau"
+                          else (-V_PARAM_MAX, V_PARAM_MAX))
+                check_param_values(value, name, *limits)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                # a buffer follows .to() and the state_dict, as the layer's other tensors do
+                self.register_buffer(name, value.detach().clone())
+            else:
+                setattr(self, name, value)  # an nn.Parameter registers itself
         self.kwargs = dict(decay_input=decay_input, v_reset=v_reset, alpha=alpha, beta1=beta1,
                            beta2=beta2, surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                            detach_reset=detach_reset, dim=dim, backward=backward,
@@ -46,22 +56,25 @@ class RevLIF(nn.Module):
         self.state = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [T, B, C, *]`` (C even along ``dim``) -> ``y [T, B, C, *]``, x's dtype; the
+        final state goes to ``self.state``, the next call's initial state."""
         y, self.state = F.rev_lif(x, self.state, tau=self.tau, v_threshold=self.v_threshold,
                                   **self.kwargs)
         return y
 
     def inverse(self, y: torch.Tensor, state: RevLIFState) -> tuple[torch.Tensor, RevLIFState]:
-        """Exact input and initial state of the call that produced ``y`` and ``state``."""
+        """Exact input ``x [T, B, C, *]`` and initial state (``v_fixed [B, C, *]``) of the call
+        that produced ``y [T, B, C, *]`` and ``state`` (kept with its stash: ``keep_stash=True``
+        or a call that autograd recorded)."""
         return F.rev_lif_inverse(y, state, tau=self.tau, v_threshold=self.v_threshold,
                                  **self.kwargs)
 
     def extra_repr(self) -> str:
         def show(v):
-            return f"Tensor{list(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)
-        defaults = RevLIF.__init__.__defaults__
-        names = RevLIF.__init__.__code__.co_varnames[1:1 + len(defaults)]
+            return f"tensor{list(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)
+        defaults = inspect.signature(RevLIF.__init__).parameters
         values = dict(self.kwargs, tau=self.tau, v_threshold=self.v_threshold)
         always = ("tau", "alpha", "beta1", "beta2")
-        return ", ".join(f"{k}={show(values[k])}" for k, d in zip(names, defaults)
-                         if k in always or isinstance(values[k], torch.Tensor)
-                         or values[k] != d)
+        return ", ".join(f"{k}={show(values[k])}" for k in defaults if k in values
+                         and (k in always or isinstance(values[k], torch.Tensor)
+                              or values[k] != defaults[k].default))

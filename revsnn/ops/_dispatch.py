@@ -93,12 +93,38 @@ def custom_op(name: str):
     return lambda impl: Op(name, impl)
 
 
+def first_order(backward, name: str):
+    """``backward`` for an op whose backward is not itself differentiable: under
+    ``create_graph=True`` its gradients come out requiring grad, and differentiating them
+    raises instead of silently treating them as constants (``once_differentiable`` does that
+    only when an incoming gradient requires grad; here the saved tensors carry the
+    dependence on the input, so any second-order use is wrong)."""
+    def wrapped(ctx, *grads):
+        if not torch.is_grad_enabled():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        present = [i for i, g in enumerate(out) if isinstance(g, torch.Tensor)]
+        guard = torch._C._functions.DelayedError(
+            f"the backward of revsnn's {name} is not differentiable: double backward "
+            f"(gradients of gradients, create_graph=True) is not supported".encode(),
+            len(present))
+        marked = guard(*[out[i].detach().requires_grad_() for i in present])
+        out = list(out)
+        for i, g in zip(present, marked if isinstance(marked, tuple) else (marked,)):
+            out[i] = g
+        return tuple(out)
+    return wrapped
+
+
 def differentiable(op: Op, setup_context, backward):
     """Register ``op``'s autograd and return a differentiable callable with its arguments.
     torch.compile traces the registered op; eager calls go through an equivalent
     ``torch.autograd.Function``, whose dispatch costs less host time (about 30 us less per
     forward of the reversible node on the 2-core CPU of bench/RESULTS.md, kernel launch
-    excluded; 15 to 20 us more since its forward takes ctx)."""
+    excluded; 15 to 20 us more since its forward takes ctx). The backward is first-order only
+    (:func:`first_order`)."""
+    backward = first_order(backward, op.packet.__name__.removesuffix("_fwd"))
     op.custom.register_autograd(backward, setup_context=setup_context)
 
     def forward(ctx, *args):

@@ -17,17 +17,13 @@ from typing import Optional
 
 import torch
 
-from .._config import LIFConfig
+from .._config import LIFConfig, acc_dtype
 from ..reference import lif as twin
 from ._dispatch import (custom_op, differentiable, grid_1d, kernels_module,
                         launch_options, use_triton)
 
 # The node's scalar options, in the order every custom op below takes them.
 NODE_ARGS = ("decay_input", "v_reset", "surrogate", "surrogate_alpha", "detach_reset")
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _kernel_params(tau, tau_value, vth, vth_value, cfg: LIFConfig, acc, dummy):
@@ -57,7 +53,7 @@ def launch_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau, tau_value: floa
         return twin.fwd_twin(x, v0, *_twin_params(tau, tau_value, vth, vth_value), cfg, C, I,
                              save_h)
     T, N = x.shape
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     spikes = torch.empty_like(x)
     vT = torch.empty(N, dtype=acc, device=x.device)
     h = torch.empty(T if save_h else 0, N, dtype=acc, device=x.device)
@@ -131,7 +127,7 @@ def lif_fwd(x: torch.Tensor, v0: Optional[torch.Tensor], tau: Optional[torch.Ten
 def _(x, v0, tau, tau_value, v_threshold, v_threshold_value, decay_input, v_reset, surrogate,
       surrogate_alpha, detach_reset, channels, inner, save_h, backend):
     T, N = x.shape
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     return (torch.empty_like(x), x.new_empty(N, dtype=acc),
             x.new_empty((T if save_h else 0, N), dtype=acc))
 

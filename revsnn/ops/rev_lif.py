@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .._config import F_BITS, RevLIFConfig, grid_for
+from .._config import F_BITS, RevLIFConfig, acc_dtype, grid_for
 from .._readback import Readback
 from ..reference import rev_lif as twin
 from ..state import RevLIFState
@@ -75,7 +75,7 @@ def launch_bwd(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.
                              v0_dtype, param_grad)
     T, A, _, R = ref.shape
     P = A * R
-    acc = torch.float64 if out_dtype == torch.float64 else torch.float32
+    acc = acc_dtype(out_dtype)
     out = torch.empty(ref.shape, dtype=out_dtype, device=ref.device)
     v0 = None
     if mode == 0:
@@ -167,7 +167,7 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
                           surrogate_alpha, detach_reset)
     _check_stash(stash, cfg, y.shape[0], y.shape[1] * y.shape[3], "rev_lif backward")
     params = (tau, v_threshold, cfg)
-    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(y.dtype)
     v0_dtype = acc if v0_grad else None
     if backward == "fused":
         gx, gv0, pg = launch_bwd(y, gy, vT, stash, None, *params, 1, y.dtype, v0_dtype,
@@ -196,7 +196,7 @@ def rev_lif_bwd(y: torch.Tensor, gy: torch.Tensor, vT: torch.Tensor, stash: torc
 def _(y, gy, vT, stash, tau, v_threshold, is_if, decay_input, v_reset, alpha, beta1, beta2,
       surrogate, surrogate_alpha, detach_reset, v0_grad, param_grad, check_state, backward,
       backend):
-    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(y.dtype)
     return (torch.empty_like(y), vT.new_empty(vT.shape if v0_grad else (0,), dtype=acc),
             vT.new_empty(tau.shape if param_grad else (0,), dtype=acc),
             vT.new_empty(v_threshold.shape if param_grad else (0,), dtype=acc))

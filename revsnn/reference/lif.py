@@ -12,19 +12,13 @@ for float64 input).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
-from .._config import LIFConfig
+from .._config import LIFConfig, Param, acc_dtype
 from ..surrogate import surrogate_grad
 from .neuron import charge_real, reset_partials, spike_reset_real
-
-Param = Union[float, torch.Tensor]
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _per_channel(p: Param) -> Param:
@@ -54,7 +48,7 @@ def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], tau: Param, v_threshol
     Returns spikes [T, N] (x.dtype), the final potential [N] and H [T, N] ([0, N] unless
     save_h), both in the membrane dtype."""
     T, N = x.shape
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     shape = (N // (C * I), C, I)
     tau, vth = _per_channel(tau), _per_channel(v_threshold)
     v = _initial_v(v0, cfg, shape, acc, x.device)
@@ -133,7 +127,7 @@ def lif_bptt(x: torch.Tensor, v: Optional[torch.Tensor] = None, *, tau: Param = 
     """
     cfg = LIFConfig.build(tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha,
                           detach_reset)
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     f64 = torch.float64
     step_shape = [-1] + [1] * (x.dim() - 1 - dim % x.dim())  # a [C] parameter vs x[t]
     params = []

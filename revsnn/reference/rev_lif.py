@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._config import (F_BITS, INPUT_BITS, POISON_LIMIT, V_MAX, V_PARAM_MAX, Grid,
-                       RevLIFConfig, channel_param, grid_for, layout_of)
+                       RevLIFConfig, acc_dtype, channel_param, grid_for, layout_of)
 from ..state import RevLIFState
 from ..surrogate import surrogate_grad
 from .neuron import (charge_dtau, charge_int, charge_real, fire_reset_int, reset_partials,
@@ -63,13 +63,9 @@ def _bad_param_code(consts: NodeConstants, R: int) -> torch.Tensor:
     return torch.where(bad[0] | bad[1], 16, 0).int()
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def quantize_x(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
     """q = floor(x * 2**x_frac + 0.5) as int64 (0 where out of range) and the in-range mask."""
-    qf = torch.floor(x.to(_acc(x.dtype)) * grid.x_scale + 0.5)
+    qf = torch.floor(x.to(acc_dtype(x.dtype)) * grid.x_scale + 0.5)
     ok = qf.abs() <= grid.qmax
     return torch.where(ok, qf, 0).to(torch.int64), ok
 
@@ -221,7 +217,7 @@ def fwd_twin(x: torch.Tensor, v0: Optional[torch.Tensor], tau: torch.Tensor,
                 words.append(_wrap_int32(word).reshape(-1))
                 word = torch.zeros_like(word)
         v1, v2 = st.v1n, st.v2n
-    y = (yq.to(_acc(x.dtype)) * 2.0 ** -grid.fy).to(x.dtype)
+    y = (yq.to(acc_dtype(x.dtype)) * 2.0 ** -grid.fy).to(x.dtype)
     vT = torch.stack([_poison(v1, code), _poison(v2, code)], dim=1)
     stash = (torch.stack(words) if words
              else torch.empty(0, A * R, dtype=torch.int32, device=x.device))
@@ -239,7 +235,7 @@ def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Te
     gradients). dL/dv0 is None when v0_dtype is None."""
     T, A, _, R = (m if mode == 2 else y).shape
     one_y = 1 << grid.fy
-    acc = _acc(out_dtype)
+    acc = acc_dtype(out_dtype)
     consts = node_constants(tau, v_threshold, cfg)
     c, th = per_group(consts.c_tau, R), per_group(consts.vth_i, R)
     it = per_group(consts.inv_tau.to(acc), R)
@@ -258,7 +254,7 @@ def bwd_twin(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.Te
             m1, m2 = m[t, :, 0].long(), m[t, :, 1].long()
             s1, s2 = m1 >= th[0], m2 >= th[1]
         else:
-            yf = y[t].to(_acc(y.dtype)) * one_y
+            yf = y[t].to(acc_dtype(y.dtype)) * one_y
             if mode == 0:
                 y_limit = 2 ** (INPUT_BITS - (F_BITS - grid.fy))
                 on_grid = ((yf == torch.floor(yf)) & (yf.abs() <= y_limit)).all(dim=1)
