@@ -179,6 +179,82 @@ def test_linear_branches_dim_last():
     compare(rev, plain, make_x((5, 3, 12)))
 
 
+def test_channels_last_input_rebuilt_exactly():
+    """A channels-last chain input: the forward's halves are contiguous, as the backward's
+    and the inverse's are, so that the convolutions round alike (they need not in another
+    memory format)."""
+    rev = chain(3, C=16)
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    x = make_x((3, 2, 16, 6, 6)).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    assert not x.is_contiguous()
+    compare(rev, plain, x)
+    reset_neurons(rev)
+    y = rev(x)
+    reset_neurons(rev)
+    assert torch.equal(rev.inverse(y.detach()), on_grid(x))
+
+
+class _BufferStateNeuron(nn.Module):
+    """A neuron keeping its potential in a buffer it replaces at each step (snnTorch's
+    ``Leaky(init_hidden=True)``), running over T: it has no ``reset``/``state``, so only the
+    buffer snapshot restores its state for the recomputation."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.lin = nn.Linear(c, c)
+        self.register_buffer("mem", torch.zeros(()), persistent=False)
+
+    def forward(self, x):
+        out = []
+        for xt in x:
+            self.mem = 0.5 * self.mem + self.lin(xt)
+            out.append(torch.tanh(self.mem))
+        return torch.stack(out)
+
+
+def test_buffer_state_replayed():
+    torch.manual_seed(0)
+    rev = RevSequential(*[RevBlock(_BufferStateNeuron(4), _BufferStateNeuron(4), dim=-1)
+                          for _ in range(2)])
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    x = make_x((5, 3, 8), scale=0.5)
+    weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
+    for net in (rev, plain):  # a first call leaves a non-zero state behind
+        with torch.no_grad():
+            net(x)
+    y_a, g_a = run_pair(rev, x, weight)
+    y_b, g_b = run_pair(plain, x, weight)
+    assert torch.equal(y_a, y_b)
+    assert_close_rel(g_a, g_b)
+    for p, q in zip(rev.parameters(), plain.parameters()):
+        assert_close_rel(p.grad, q.grad)
+
+
+def test_double_backward_raises():
+    rev = chain(2)
+    x = make_x((3, 2, 8, 3, 3)).requires_grad_()
+    g, = torch.autograd.grad(rev(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="RevSequential is not differentiable"):
+        g.square().sum().backward()
+
+
+def test_requires_grad_changed_between_forward_and_backward():
+    """A parameter unfrozen after the forward gets no gradient (it was not in the graph); one
+    frozen after it gets none either (the recomputation leaves it out); neither fails."""
+    rev = chain(2)
+    frozen = rev[0].f[0][0].weight
+    frozen.requires_grad_(False)
+    y = rev(make_x((3, 2, 8, 3, 3)).requires_grad_())
+    frozen.requires_grad_(True)
+    late = rev[1].g[0][0].weight
+    late.requires_grad_(False)
+    y.sum().backward()
+    assert frozen.grad is None and late.grad is None
+    assert rev[1].f[0][0].weight.grad is not None
+
+
 class _AddParam(nn.Module):
     """``x * w + p`` with ``p`` of the half's full shape: autograd hands ``p`` the incoming
     gradient itself, memory the chain's backward goes on to overwrite."""
@@ -351,6 +427,20 @@ def test_rebuild_sequential_output_off_the_grid_raises():
     y = net(make_x((3, 2, 3, 3, 3), scale=0.5).requires_grad_())
     with pytest.raises(ValueError, match="not on the grid"):
         y.sum().backward()
+
+
+def test_rebuild_sequential_keeps_the_in_place_check():
+    """The saved-tensor hooks of RebuildSequential must not lose autograd's check: a tensor
+    the layer saved and then modified in place raises, as under nn.Sequential."""
+    class ExpThenScale(nn.Module):  # exp saves its output, which mul_ then changes
+        def forward(self, x):
+            return revsnn.RevLIF(dim=2)(x.exp().mul_(2))
+    for kind in (nn.Sequential, RebuildSequential):
+        torch.manual_seed(0)
+        net = kind(ExpThenScale(), chain(2))
+        y = net(make_x((3, 2, 8, 3, 3), scale=0.3).requires_grad_())
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
 
 
 def test_rebuilt_input_freed_with_the_layer_before(monkeypatch):

@@ -36,15 +36,18 @@ State. The recomputation must see what the forward saw:
   and put back for the recomputation; the neurons end with the state they held when the
   backward began. A state carried in from an earlier call enters without autograd history
   (the forward ran under no_grad), so gradients stop at call boundaries, as RevLIF's always do;
-* buffers (BatchNorm running statistics): the recomputation's updates are undone, so each
-  forward counts once;
+* buffers: each buffer tensor held before ``f``/``g`` ran is put back for the recomputation
+  (a neuron that keeps its state in a buffer, as snnTorch's ``init_hidden``, replaces it),
+  and the recomputation's updates (BatchNorm running statistics) are undone, so each forward
+  counts once;
 * random numbers (dropout): the CPU and CUDA generator states before ``f`` and before ``g``
   are kept and replayed (``preserve_rng_state``), without disturbing the generators;
 * autocast: the recomputation runs under the autocast settings of the forward.
 
 ``f`` and ``g`` may depend only on their input and their own parameters and buffers; parameter
 gradients are returned from the single autograd node (not accumulated by a nested backward), so
-DistributedDataParallel sees ordinary gradients. Double backward is not supported.
+DistributedDataParallel sees ordinary gradients. Double backward is not supported (it
+raises).
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ from torch import nn
 
 from .._config import acc_dtype, channel_dim
 from .._readback import Readback
+from ..ops._dispatch import first_order
 
 GRID_BITS = 16
 """Block values are multiples of ``2**-GRID_BITS``."""
@@ -104,6 +108,16 @@ def neurons(module: nn.Module) -> Iterator[nn.Module]:
     return (m for m, _, _ in _states(module))
 
 
+def _buffers(module: nn.Module) -> list:
+    """(module, name, tensor) of every buffer in ``module``, as :func:`_states` lists states: a
+    neuron that keeps its state in a buffer (snnTorch's ``init_hidden``) replaces it, so the
+    tensor it held before a call is the state that call started from. A buffer updated in
+    place (BatchNorm's running statistics) is the same tensor before and after; the
+    recomputation does not read those (``_KeepBuffers`` undoes its writes)."""
+    return [(m, n, b) for m in module.modules() for n, b in m._buffers.items()
+            if b is not None]
+
+
 def _put(states: list) -> None:
     for m, a, v in states:
         setattr(m, a, v)
@@ -121,15 +135,15 @@ class _Snapshot:
     __slots__ = ("states", "cpu_rng", "cuda_rng")
 
     def __init__(self, module: nn.Module, x: torch.Tensor, rng: bool) -> None:
-        self.states = _states(module)
+        self.states = _states(module) + _buffers(module)
         self.cpu_rng = torch.get_rng_state() if rng else None
         self.cuda_rng = torch.cuda.get_rng_state(x.device) if rng and x.is_cuda else None
 
     def rerun(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """module(x) with the neuron states and random numbers of the recorded call. The
-        neurons then get back the states they held before: the rerun's final states (a
+        """module(x) with the neuron states, buffers and random numbers of the recorded call.
+        The neurons then get back the states they held before: the rerun's final states (a
         RevLIF's with its stash) would otherwise stay alive until the backward ends."""
-        before = _states(module)
+        before = _states(module) + _buffers(module)
         _put(self.states)
         try:
             if self.cpu_rng is None:
@@ -334,8 +348,10 @@ def _chain_dim(blocks: nn.ModuleList, x: torch.Tensor, name: str) -> int:
 
 
 def _halves(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The halves of ``x`` along ``d``, each a new contiguous tensor on the grid."""
-    return tuple(quantize(h) for h in x.chunk(2, d))
+    """The halves of ``x`` along ``d``, each a new contiguous tensor on the grid. Contiguous
+    whatever x's layout (channels-last): the backward recomputes f and g on halves of the
+    chain's output, and a convolution may round differently in another memory format."""
+    return tuple(quantize(h).contiguous() for h in x.chunk(2, d))
 
 
 def _amax(amax: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -394,10 +410,12 @@ class _Saved:
     chain's rebuilt input (when it is that input's memory) or what the hooks in force outside
     (``torch.autograd.graph.saved_tensors_hooks``) made of it."""
 
-    __slots__ = ("t", "packed", "unpack", "rebuilt", "geometry")
+    __slots__ = ("t", "packed", "unpack", "rebuilt", "geometry", "version", "modified")
 
     def __init__(self, t: torch.Tensor) -> None:
         self.t, self.packed, self.unpack, self.rebuilt = t, None, None, None
+        # the hooks take autograd's own in-place check away: made here as it would make it
+        self.version, self.modified = t._version, False
 
     def is_memory_of(self, x: torch.Tensor) -> bool:
         return (self.t.dtype == x.dtype and self.t.device == x.device
@@ -405,7 +423,9 @@ class _Saved:
 
     def settle(self, rebuilt: Optional[_Rebuilt], outer) -> None:
         t, self.t = self.t, None
-        if rebuilt is not None:
+        if t._version != self.version:
+            self.modified = True
+        elif rebuilt is not None:
             self.rebuilt, self.geometry = rebuilt, (t.shape, t.stride(), t.storage_offset())
         elif outer is not None:
             self.packed, self.unpack = outer[0](t), outer[1]
@@ -413,6 +433,12 @@ class _Saved:
             self.packed = t
 
     def get(self) -> torch.Tensor:
+        if self.modified or self.unpack is None and self.packed is not None and (
+                self.packed._version != self.version):
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                "inplace operation (a tensor saved by the layer before a RevSequential in a "
+                "RebuildSequential)")
         if self.rebuilt is not None:
             return self.rebuilt.view(*self.geometry)
         return self.unpack(self.packed) if self.unpack is not None else self.packed
@@ -453,7 +479,7 @@ class _RevChain(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, gy):
+    def _backward(ctx, gy):
         y = ctx.y.take()
         amax = ctx.amax.value()
         if not amax < LIMIT:
@@ -474,7 +500,9 @@ class _RevChain(torch.autograd.Function):
         with ctx.autocast:  # the neurons keep their states: _Snapshot.rerun puts them back
             for i in range(len(ctx.blocks) - 1, -1, -1):
                 b = ctx.blocks[i]
-                bp = [p for p in b.parameters() if p.requires_grad]
+                # the parameters the forward recorded that still require grad (one frozen
+                # since is not in the recomputed graph: it gets None, not an error)
+                bp = [p for p in b.parameters() if id(p) in index and p.requires_grad]
                 # the output (maybe the caller's) and the incoming gradient (maybe shared
                 # with other nodes) are only read; the next blocks overwrite the chain's own
                 reuse = i < len(ctx.blocks) - 1
@@ -490,6 +518,8 @@ class _RevChain(torch.autograd.Function):
         del pair
         gx = torch.cat(gpair, ctx.dim).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return (gx, None, None) + tuple(grads)
+
+    backward = staticmethod(first_order(_backward.__func__, "RevSequential"))
 
 
 def _params(blocks: nn.ModuleList) -> list:
