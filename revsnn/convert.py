@@ -133,7 +133,12 @@ class _Node(nn.Module):
         super().__init__()
         _check_keywords(to, kwargs)
         self.to = to
-        self.kwargs = dict(kwargs)
+        # a Parameter (a source's learnable threshold, an override) is registered, so that
+        # model.parameters() and the optimizer see it
+        self.learned = [k for k, v in kwargs.items() if isinstance(v, nn.Parameter)]
+        for k in self.learned:
+            setattr(self, k, kwargs[k])
+        self.kwargs = {k: v for k, v in kwargs.items() if k not in self.learned}
         self._last: Optional[tuple[torch.Tensor, RevLIFState]] = None
 
     def _params(self) -> dict:
@@ -142,7 +147,7 @@ class _Node(nn.Module):
 
     def run(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """x ``[T, B, *]``; state: None, a float ``[B, *]`` or a RevLIFState (revlif)."""
-        kw = {**self.kwargs, **self._params()}
+        kw = {**self.kwargs, **{k: getattr(self, k) for k in self.learned}, **self._params()}
         if self.to == "lif":
             return _lif_fn.lif(x, state, **kw)
         return _rev_fn.rev_lif(x, state, **kw)
@@ -170,7 +175,9 @@ class _Node(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join([f"to={self.to!r}", *self._derived()]
-                         + [f"{k}={v!r}" for k, v in self.kwargs.items()])
+                         + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+                         + [f"{k}=Parameter{list(getattr(self, k).shape)}"
+                            for k in self.learned])
 
 
 class _Stepwise(_Node):
@@ -494,6 +501,10 @@ def _map_norse(m: nn.Module, kind: str, to: str) -> _Plan:
     p, dt = m.p, m.dt
     plan.kwargs["decay_input"] = True
     plan.kwargs["detach_reset"] = False
+    for name in ("tau_mem_inv", "tau_syn_inv", "v_leak", "v_reset"):
+        if isinstance(getattr(p, name, None), torch.Tensor) and getattr(p, name).requires_grad:
+            plan.blockers.append(f"learnable {name} (a tensor that requires grad): revsnn would "
+                                 f"take it as a constant")
     k = _scalar(dt * torch.as_tensor(p.tau_mem_inv))  # as Norse computes it, in float32
     if k is None or not 0 < k < 1:
         plan.blockers.append(f"dt*tau_mem_inv must be one number in (0, 1) (revsnn's tau = "
@@ -503,7 +514,9 @@ def _map_norse(m: nn.Module, kind: str, to: str) -> _Plan:
     v_leak, v_th, v_reset = (_scalar(getattr(p, n)) for n in ("v_leak", "v_th", "v_reset"))
     if None in (v_leak, v_th, v_reset):
         plan.blockers.append("per-neuron v_leak / v_th / v_reset")
-    plan.kwargs["v_threshold"] = v_th
+    # a learnable one-value threshold stays the optimizer's tensor
+    plan.kwargs["v_threshold"] = (p.v_th if v_th is not None
+                                  and isinstance(p.v_th, nn.Parameter) else v_th)
     reset = getattr(p, "reset_method", None)
     reset_name = getattr(reset, "__name__", "reset_value")
     if kind == "LIFBoxCell" and reset_name == "reset_subtract":
@@ -606,7 +619,12 @@ def _check_keywords(to: str, kwargs: dict) -> None:
 def _input_shapes(model: nn.Module, names: list[str], example_input: Any) -> dict:
     """Shapes of the first input each named module sees in one no-grad forward of a copy of
     the model (the model itself, and its neurons' states, stay untouched)."""
-    twin = copy.deepcopy(model)
+    # a state left by a training forward has autograd history, which deepcopy refuses: the
+    # copy gets it detached (the model's own tensors stay as they are)
+    memo = {id(t): t.detach().clone() for m in model.modules() for v in vars(m).values()
+            for t in (v.values() if isinstance(v, dict) else (v,))  # SpikingJelly's _memories
+            if isinstance(t, torch.Tensor) and not t.is_leaf}
+    twin = copy.deepcopy(model, memo)
     mods = dict(twin.named_modules(remove_duplicate=False))
     shapes: dict = {}
 

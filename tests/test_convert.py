@@ -361,6 +361,55 @@ def test_revlif_odd_channels_left_with_example_input():
         model(x)
 
 
+@needs_sj
+def test_example_input_after_a_training_forward():
+    """A forward that autograd recorded leaves SpikingJelly's v with history, which deepcopy
+    refuses; the shapes are still found, and the model's own state is left as it was."""
+    L, N = sj.layer, sj.neuron
+    model = nn.Sequential(L.Conv2d(2, 4, 3, padding=1, step_mode="m"), N.LIFNode(step_mode="m"))
+    x = frame()
+    model(x).sum().backward()
+    v = model[1].v
+    assert v.grad_fn is not None
+    report = revsnn.convert(model, to="revlif", example_input=x.detach())
+    assert [r.name for r in report.replaced] == ["1"] and not report.left
+
+
+@needs_sj
+def test_spikingjelly_set_step_mode_single_step_refused_by_revlif():
+    """RevLIF is multi-step only: SpikingJelly's set_step_mode(net, "s") raises on it rather
+    than leaving it to read [B, C, H, W] as [T, B, ...]."""
+    L, N = sj.layer, sj.neuron
+    model = nn.Sequential(L.Conv2d(2, 4, 3, padding=1, step_mode="m"), N.LIFNode(step_mode="m"))
+    revsnn.convert(model, to="revlif")
+    assert model[1].step_mode == "m"
+    sj.functional.set_step_mode(model, "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SpikingJelly warns: RevLIF is not its StepModule
+        with pytest.raises(ValueError, match="RevLIF runs multi-step only"):
+            sj.functional.set_step_mode(model, "s")
+
+
+@needs_norse
+def test_norse_learnable_parameters():
+    """A learnable v_th (one value) stays the optimizer's Parameter; a learnable tau_mem_inv
+    would become a constant, so the neuron is left with the reason."""
+    v_th = nn.Parameter(torch.tensor(0.4))
+    cell = norse.LIFBoxCell(norse.LIFBoxParameters(
+        tau_mem_inv=torch.tensor(0.5), v_th=v_th, method="tanh", alpha=torch.tensor(2.0)))
+    model = nn.Sequential(nn.Linear(3, 4), cell)
+    report = revsnn.convert(model, to="lif", backend="torch")
+    assert [r.name for r in report.replaced] == ["1"]
+    assert model[1].v_threshold is v_th and any(p is v_th for p in model.parameters())
+    z, _ = model[1](torch.rand(5, 3) * 4, None)
+    z.sum().backward()
+    assert v_th.grad is not None and v_th.grad.abs() > 0
+    learnt = norse.LIFBoxCell(norse.LIFBoxParameters(
+        tau_mem_inv=nn.Parameter(torch.tensor(0.5)), method="tanh", alpha=torch.tensor(2.0)))
+    report = revsnn.convert(nn.Sequential(learnt), to="lif")
+    assert "learnable tau_mem_inv" in report.left[0].reason
+
+
 # -- report, strict, overrides, bad input --------------------------------------------------------
 @needs_sj
 @needs_snn

@@ -55,6 +55,20 @@ class RevLIF(nn.Module):
         """Forget the state: the next call starts from zero potentials."""
         self.state = None
 
+    @property
+    def step_mode(self) -> str:
+        """Always ``"m"`` (multi-step): for SpikingJelly's ``functional.set_step_mode``, which
+        sets this attribute on every module that has it."""
+        return "m"
+
+    @step_mode.setter
+    def step_mode(self, mode: str) -> None:
+        if mode != "m":
+            raise ValueError(
+                f"RevLIF runs multi-step only ([T, B, C, *] per call; its state carries no "
+                f"gradient from call to call), got step_mode={mode!r}; keep the network "
+                f"multi-step, or use revsnn.LIF, which has step_mode='s'")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [T, B, C, *]`` (C even along ``dim``) -> ``y [T, B, C, *]``, x's dtype; the
         final state goes to ``self.state``, the next call's initial state."""
