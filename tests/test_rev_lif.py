@@ -412,6 +412,31 @@ def test_double_backward_raises_and_create_graph_keeps_first_order(node):
         g.square().sum().backward()
 
 
+def test_layer_raises_for_a_flagged_call_no_backward_checks():
+    """Under no_grad nothing would ever read the flags: the layer reads them at its next call
+    or reset() (the call itself does not wait for the device)."""
+    node = revsnn.RevLIF()
+    bad = make_x((4, 2, 6), seed=34)
+    bad[1, 0, 2] = float("nan")
+    with torch.no_grad():
+        node(bad)
+        with pytest.raises(ValueError, match="earlier call.*NaN/Inf"):
+            node(make_x((4, 2, 6)))
+        node.reset()  # checked once
+        node(bad)
+        with pytest.raises(ValueError, match="earlier call"):
+            node.reset()
+        node.reset()
+        for _ in range(2):
+            node(make_x((4, 2, 6)))
+        node.reset()
+    x = bad.clone().requires_grad_()
+    y = node(x)  # recorded: its backward checks, as before
+    node.reset()
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        y.sum().backward()
+
+
 def test_layer_tensor_params_are_buffers():
     """A tensor tau / v_threshold that is not a Parameter is a buffer: in the state_dict, moved
     and cast with the layer, and a copy (the caller's tensor is not aliased)."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._config import V_PARAM_MAX, Param, check_param_values
+from .._readback import Readback
 from ..functional import _rev_lif as F
 from ..state import RevLIFState
 
@@ -18,7 +19,12 @@ class RevLIF(nn.Module):
 
     Keeps its :class:`RevLIFState` between calls until :meth:`reset` (``self.state``). The
     state carried from one call to the next holds no autograd history: gradients are truncated
-    at call boundaries (truncated BPTT). Keywords are those of :func:`revsnn.functional.rev_lif`;
+    at call boundaries (truncated BPTT).
+
+    Errors (NaN/Inf or out-of-range input or parameters, flagged in the state by the kernels):
+    a call that autograd records raises at its backward; any other call (no_grad, inference)
+    raises at the layer's next call or :meth:`reset`, whichever comes first (its flags are read
+    then, without waiting for the device at the call itself); ``validate=True`` raises at once. Keywords are those of :func:`revsnn.functional.rev_lif`;
     ``tau`` and ``v_threshold`` may be per-channel tensors ``[C]``: pass ``nn.Parameter`` s to
     learn them (tau must stay > 1: parametrize it if your optimizer could push it below).
     """
@@ -50,9 +56,19 @@ class RevLIF(nn.Module):
                            detach_reset=detach_reset, dim=dim, backward=backward,
                            keep_stash=keep_stash, validate=validate, backend=backend)
         self.state: Optional[RevLIFState] = None
+        self._unchecked: Optional[tuple[Readback, RevLIFState]] = None
+
+    def _check_earlier_call(self) -> None:
+        """Raise if the last call that no backward will check was flagged."""
+        if self._unchecked is not None:
+            smallest, state = self._unchecked
+            self._unchecked = None
+            state.check("RevLIF (an earlier call, not recorded by autograd)", smallest.value())
 
     def reset(self) -> None:
-        """Forget the state: the next call starts from zero potentials."""
+        """Forget the state: the next call starts from zero potentials. Raises ValueError if
+        the last call was flagged and nothing has checked it (see the class docstring)."""
+        self._check_earlier_call()
         self.state = None
 
     @property
@@ -72,8 +88,11 @@ class RevLIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [T, B, C, *]`` (C even along ``dim``) -> ``y [T, B, C, *]``, x's dtype; the
         final state goes to ``self.state``, the next call's initial state."""
+        self._check_earlier_call()
         y, self.state = F.rev_lif(x, self.state, tau=self.tau, v_threshold=self.v_threshold,
                                   **self.kwargs)
+        if not (y.requires_grad or self.kwargs["validate"]) and self.state.v_fixed.numel():
+            self._unchecked = (Readback(self.state.v_fixed.amin()), self.state)
         return y
 
     def inverse(self, y: torch.Tensor, state: RevLIFState) -> tuple[torch.Tensor, RevLIFState]:
