@@ -19,14 +19,15 @@ class RevLIF(nn.Module):
 
     Keeps its :class:`RevLIFState` between calls until :meth:`reset` (``self.state``). The
     state carried from one call to the next holds no autograd history: gradients are truncated
-    at call boundaries (truncated BPTT).
+    at call boundaries (truncated BPTT). Keywords are those of
+    :func:`revsnn.functional.rev_lif`; ``tau`` and ``v_threshold`` may be per-channel tensors
+    ``[C]``: pass ``nn.Parameter`` s to learn them (tau must stay > 1: parametrize it if your
+    optimizer could push it below); other tensors become buffers.
 
     Errors (NaN/Inf or out-of-range input or parameters, flagged in the state by the kernels):
     a call that autograd records raises at its backward; any other call (no_grad, inference)
     raises at the layer's next call or :meth:`reset`, whichever comes first (its flags are read
-    then, without waiting for the device at the call itself); ``validate=True`` raises at once. Keywords are those of :func:`revsnn.functional.rev_lif`;
-    ``tau`` and ``v_threshold`` may be per-channel tensors ``[C]``: pass ``nn.Parameter`` s to
-    learn them (tau must stay > 1: parametrize it if your optimizer could push it below).
+    then, without waiting for the device at the call itself); ``validate=True`` raises at once.
     """
 
     def __init__(self, tau: Param = 2.0, decay_input: bool = True, v_threshold: Param = 1.0,
