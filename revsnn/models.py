@@ -308,7 +308,8 @@ def spiking_mlp(in_features: int = 64, num_classes: int = 10, hidden: int = 128,
     """
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    if positions is not None and (not isinstance(positions, int) or positions < 1):
+    if positions is not None and (not isinstance(positions, int) or isinstance(positions, bool)
+                                  or positions < 1):
         raise ValueError(f"positions must be None or an int >= 1, got {positions!r}")
     _check(neuron, {"hidden": hidden}, reversible)
     nkw = dict(neuron_kwargs or {})

@@ -504,6 +504,36 @@ def test_rebuilt_input_missing_raises():
         _Rebuilt().view((2,), (1,), 0)
 
 
+def test_rebuild_off_for_a_second_use_of_the_chain_input():
+    """A loss on the chain's input backpropagated before the rest needs that input kept: it
+    raises with rebuild on, and gives nn.Sequential's gradients with rebuild = False."""
+    x = make_x((3, 2, 3, 4, 4))
+    grads = []
+    for kind, rebuild in ((RebuildSequential, True), (RebuildSequential, False),
+                          (nn.Sequential, None)):
+        net = stem_and_chain(kind)
+        if rebuild is not None:
+            net.rebuild = rebuild
+        seen = []
+        net[1].register_forward_hook(lambda m, inp, out: seen.append(out))
+        xr = x.clone().requires_grad_()
+        y = net(xr)
+        if rebuild:
+            with pytest.raises(RuntimeError, match="rebuild = False"):
+                seen[0].square().sum().backward(retain_graph=True)
+            continue
+        seen[0].square().sum().backward(retain_graph=True)
+        y.sum().backward()
+        grads.append(xr.grad)
+    assert torch.equal(*grads)
+
+
+def test_slice_of_a_chain_is_a_chain():
+    net = chain(3)
+    part = net[1:]
+    assert isinstance(part, RevSequential) and len(part) == 2 and part[0] is net[1]
+
+
 # -- errors --------------------------------------------------------------------------------------
 class _Probe(nn.Module):
     """x * w then sin: sin saves the product, whose Python object lives exactly as long as the

@@ -142,3 +142,8 @@ def test_bad_arguments():
     net = models.spiking_mlp(hidden=8)
     with pytest.raises(ValueError, match="rank 2 or"):
         net(torch.zeros(2, 3, 4, 64))
+
+
+def test_mlp_positions_must_be_an_int():
+    with pytest.raises(ValueError, match="positions"):
+        models.spiking_mlp(positions=True)

@@ -51,7 +51,7 @@ raises).
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -400,7 +400,8 @@ class _Rebuilt:
             raise RuntimeError(
                 "RebuildSequential: a layer's backward needs the input of the RevSequential "
                 "after it, which that chain's backward rebuilds, but the chain's backward has "
-                "not run; the layer's output must feed the chain alone")
+                "not run; the layer's output must feed the chain alone (or set the "
+                "RebuildSequential's rebuild = False: it then keeps that output itself)")
         return self.value.as_strided(size, stride, offset)
 
 
@@ -574,7 +575,9 @@ class RevSequential(nn.Module):
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def __getitem__(self, i: int) -> RevBlock:
+    def __getitem__(self, i: Union[int, slice]) -> Union[RevBlock, "RevSequential"]:
+        if isinstance(i, slice):
+            return RevSequential(*self.blocks[i], reversible=self.reversible)
         return self.blocks[i]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -620,10 +623,17 @@ class RebuildSequential(nn.Sequential):
     ``nn.Sequential``. The output must feed the chain alone (it does, in a plain sequence) and
     be on the blocks' grid (``2**-16``, float32: a float32 RevLIF output is); otherwise the
     backward raises. Where nothing is saved in the output's memory, or the chain does not take
-    its reversible path (no grad, ``reversible=False``), this is ``nn.Sequential``.
+    its reversible path (no grad, ``reversible=False``), this is ``nn.Sequential``; so it is
+    with ``rebuild = False`` (an attribute, e.g. ``model.body.rebuild = False`` for the model
+    zoo), for a graph that reads a layer's output elsewhere too (a regulariser on the spikes
+    backpropagated on its own).
     """
 
+    rebuild: bool = True
+
     def forward(self, x):
+        if not self.rebuild:
+            return super().forward(x)
         mods, i = list(self), 0
         while i < len(mods):
             nxt = mods[i + 1] if i + 1 < len(mods) else None
