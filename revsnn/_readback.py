@@ -1,6 +1,8 @@
 """Small device values that the host reads later, without waiting for the device now."""
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 
 
@@ -27,7 +29,7 @@ class Readback:
         else:
             self._host, self._event = t.item(), None
 
-    def value(self):
+    def value(self) -> Union[int, float, bool]:
         """The value as a Python number."""
         if self._event is None:
             return self._host

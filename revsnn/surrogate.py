@@ -38,4 +38,5 @@ class SpikeFn(torch.autograd.Function):
 
 
 def spike(z: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+    """Spikes ``z >= 0`` (z's shape and dtype) whose gradient is the ``kind`` surrogate."""
     return SpikeFn.apply(z, alpha, kind)

@@ -763,3 +763,13 @@ def test_inf_tau_without_decay_input_is_an_if_channel(backend):
     y_lif, _ = rev_lif(x, tau=3.0, decay_input=False, backend=backend)
     assert torch.equal(y[:, :, [0, 2]], y_if[:, :, [0, 2]])
     assert torch.equal(y[:, :, [1, 3]], y_lif[:, :, [1, 3]])
+
+
+def test_kernel_constants_are_the_configs():
+    """The kernels spell out revsnn/_config.py's limits as constexpr (they cannot import it):
+    a change on one side must reach the other."""
+    from revsnn._config import ERROR_CODES, INPUT_BITS, V_MAX, V_PARAM_MAX
+    from revsnn.kernels import rev_lif as k
+    assert k.V_MAX.value == V_MAX and k.POISON_LIMIT.value == POISON_LIMIT
+    assert k.V_PARAM_MAX.value == V_PARAM_MAX and k.INPUT_LIMIT.value == 1 << INPUT_BITS
+    assert "tau or v_threshold" in ERROR_CODES[k.BAD_PARAM.value]

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._config import (F_BITS, INPUT_BITS, POISON_LIMIT, V_MAX, V_PARAM_MAX, Grid,
-                       RevLIFConfig, acc_dtype, channel_param, grid_for, layout_of)
+                       Param, RevLIFConfig, acc_dtype, channel_param, grid_for, layout_of)
 from ..state import RevLIFState
 from ..surrogate import surrogate_grad
 from .neuron import (charge_dtau, charge_int, charge_real, fire_reset_int, reset_partials,
@@ -312,8 +312,9 @@ def _real_params(tau, v_threshold, C: int, R: int, cfg: RevLIFConfig, device):
     return taus, per_group(vth_t.to(torch.float64), R), (tau_t, vth_t)
 
 
-def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
-                v_threshold=1.0, dim: int = 2, **node_kwargs) -> tuple[torch.Tensor, RevLIFState]:
+def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau: Param = 2.0,
+                v_threshold: Param = 1.0, dim: int = 2,
+                **node_kwargs) -> tuple[torch.Tensor, RevLIFState]:
     """Ground-truth reversible LIF: integer values, real-valued derivatives, autograd BPTT.
 
     Args:
@@ -373,8 +374,8 @@ def rev_lif_int(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
     return y_out, RevLIFState(vT.reshape(x.shape[1:]), stash)
 
 
-def rev_lif_float64(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau=2.0,
-                    v_threshold=1.0, dim: int = 2, **node_kwargs,
+def rev_lif_float64(x: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau: Param = 2.0,
+                    v_threshold: Param = 1.0, dim: int = 2, **node_kwargs,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The real-valued equations in float64 with autograd BPTT (no quantization at all).
 
