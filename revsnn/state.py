@@ -1,11 +1,35 @@
 """State of a reversible LIF node between calls."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
 from ._config import ERROR_CODES, F_BITS, POISON_LIMIT
+
+
+class Made(NamedTuple):
+    """What the values of a :class:`RevLIFState` depend on besides the input: the forward's
+    number of steps, split dim and node settings. ``tau`` / ``v_threshold``: the number, or
+    None for a per-channel tensor (not compared)."""
+
+    steps: int
+    dim: int
+    is_if: bool
+    decay_input: bool
+    v_reset: Optional[float]
+    alpha: float
+    beta1: float
+    beta2: float
+    tau: Optional[float]
+    v_threshold: Optional[float]
+
+    def differences(self, other: "Made") -> list[str]:
+        """``name: mine vs other`` for each field that differs (a tensor tau or v_threshold,
+        None, is not compared; ``v_reset`` None is the soft reset)."""
+        tensors = ("tau", "v_threshold")
+        return [f"{k}: {a} vs {b}" for k, a, b in zip(self._fields, self, other)
+                if a != b and not (k in tensors and None in (a, b))]
 
 
 class RevLIFState(NamedTuple):
@@ -19,10 +43,14 @@ class RevLIFState(NamedTuple):
             out of the potentials at each step, ``k1 + k2`` bits per pair per step, packed
             ``32 // (k1 + k2)`` steps per word. Empty (``n_words = 0``) when not kept or when
             ``|beta1| = |beta2| = 1``. Needed only to run the node backwards.
+        made: the :class:`Made` of the forward that returned this state (None for a state
+            built by hand): :func:`revsnn.functional.rev_lif_inverse` raises if its own steps
+            or settings differ, which would rebuild a wrong x without any other sign.
     """
 
     v_fixed: torch.Tensor
     stash: torch.Tensor
+    made: Optional[Made] = None
 
     @property
     def v(self) -> torch.Tensor:

@@ -387,6 +387,22 @@ def test_strided_and_expanded_states_read_as_their_values(backend):
     assert torch.equal(y2, rev_lif(x, RevLIFState(st.v_fixed, st.stash), backend=backend)[0])
 
 
+@pytest.mark.parametrize("change,match", [
+    (dict(T=3), "steps: 4 vs 3"), (dict(beta1=-0.25), "beta1: -0.5 vs -0.25"),
+    (dict(tau=3.0), "tau: 2.0 vs 3.0"), (dict(v_reset=None), "v_reset: 0.0 vs None"),
+    (dict(alpha=-1.0), "alpha: 1.0 vs -1.0")])
+def test_inverse_with_other_steps_or_settings_raises(backend, change, match):
+    """Each of these rebuilds a wrong x from a consistent-looking y and state (the stash has
+    the same words): the state records what made it, and the inverse compares."""
+    x = make_x((4, 2, 6), seed=35)
+    y, st = rev_lif(x, keep_stash=True, backend=backend)
+    kw = {k: v for k, v in change.items() if k != "T"}
+    with pytest.raises(ValueError, match=f"forward vs now: {match}"):
+        rev_lif_inverse(y[:change.get("T", 4)], st, backend=backend, **kw)
+    hand_made = RevLIFState(st.v_fixed, st.stash)  # nothing recorded: not compared
+    rev_lif_inverse(y[:change.get("T", 4)], hand_made, backend=backend, **kw)
+
+
 def test_inference_mode_first_then_training():
     """The scalar parameters' cached tensors are made outside inference mode: a first call
     under torch.inference_mode (a validation pass before training) must not poison them."""

@@ -8,7 +8,7 @@ import torch
 from .._config import (BACKENDS, BACKWARDS, Param, RevLIFConfig, channel_param,
                        check_device, check_flag, check_float_tensor, layout_of)
 from ..ops import rev_lif as _op
-from ..state import RevLIFState
+from ..state import Made, RevLIFState
 
 
 StateLike = Union[None, RevLIFState, torch.Tensor]
@@ -50,6 +50,13 @@ def _validate(cfg_kwargs: dict, backward: str, backend: str,
 
 def _node_args(cfg: RevLIFConfig) -> tuple:
     return tuple(getattr(cfg, k) for k in _op.NODE_ARGS)
+
+
+def _made(lay, cfg: RevLIFConfig, tau: Param, v_threshold: Param) -> Made:
+    def number(p):
+        return None if isinstance(p, torch.Tensor) else float(p)
+    return Made(lay.T, lay.dim, cfg.is_if, cfg.int_decay_input, cfg.v_reset, cfg.alpha,
+                cfg.beta1, cfg.beta2, number(tau), number(v_threshold))
 
 
 def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
@@ -113,7 +120,7 @@ def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
     x4 = x.reshape(lay.T, lay.A, 2, lay.R).contiguous()
     y, vT, stash = _op.apply_rev_lif(x4, v0, tau_t, vth_t, *_node_args(cfg), write_stash,
                                      backward, backend)
-    out = RevLIFState(vT.view(x.shape[1:]), stash)
+    out = RevLIFState(vT.view(x.shape[1:]), stash, _made(lay, cfg, tau, v_threshold))
     if validate:
         out.check("rev_lif")
     return y.view(x.shape), out
@@ -149,6 +156,11 @@ def rev_lif_inverse(y: torch.Tensor, state: RevLIFState, *, tau: Param = 2.0,
     if not isinstance(state, RevLIFState):
         raise TypeError(f"state must be the RevLIFState returned by rev_lif, got "
                         f"{type(state).__name__}")
+    if state.made is not None:
+        differ = state.made.differences(_made(lay, cfg, tau, v_threshold))
+        if differ:
+            raise ValueError(f"rev_lif_inverse: y and its keywords must be those of the forward "
+                             f"that returned state (forward vs now: {'; '.join(differ)})")
     vT = _initial_state(state, y, lay)
     if state.stash.device != y.device or state.stash.dtype != torch.int32:
         raise ValueError(f"state.stash must be int32 on {y.device}, got {state.stash.dtype} "
