@@ -155,6 +155,19 @@ def test_autocast_bf16_matches_plain():
     compare(rev, plain, x, autocast=torch.bfloat16)
 
 
+def test_half_precision_parameters_point_to_autocast():
+    """model.to(bfloat16) gives f and g half parameters, which the float32 stream cannot
+    feed: a TypeError that says what to do (autocast), which then works."""
+    rev = chain(2).to(torch.bfloat16)
+    x = make_x((3, 2, 8, 3, 3)).requires_grad_()
+    with pytest.raises(TypeError, match="under torch.autocast"):
+        rev(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = rev(x)
+    y.float().sum().backward()
+    assert x.grad is not None
+
+
 def test_single_block_and_no_grad():
     torch.manual_seed(0)
     block = RevBlock(branch(4, "revlif"), branch(4, "revlif"))

@@ -544,6 +544,12 @@ def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
     if not blocks:
         return quantize(x)
     params = _params(blocks)
+    half = next((p.dtype for p in params if p.dtype in (torch.float16, torch.bfloat16)), None)
+    if half is not None and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"the RevBlocks hold {half} parameters, but they run f and g on halves of their "
+            f"{acc_dtype(x.dtype)} stream (exact reconstruction needs it): keep the blocks' "
+            f"parameters in float32 and compute in {half} under torch.autocast")
     if reversible and _records(x, params):
         return _RevChain.apply(x, blocks, rebuilt, *params)
     d = _chain_dim(blocks, x, "x")
