@@ -175,7 +175,7 @@ def _vgg(depth: int, num_classes: int, in_channels: int, neuron: str, reversible
     run = 0  # pending same-shape layers, merged into one RevSequential
     c = in_channels
     for v in cfg + [None]:
-        if reversible and v == c and v != "M":
+        if reversible and v == c and v != "M" and layers:  # the stem stays ordinary
             run += 1
             continue
         if run:

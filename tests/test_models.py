@@ -147,3 +147,11 @@ def test_bad_arguments():
 def test_mlp_positions_must_be_an_int():
     with pytest.raises(ValueError, match="positions"):
         models.spiking_mlp(positions=True)
+
+
+def test_vgg_stem_stays_ordinary_when_the_input_has_its_width():
+    """A first layer as wide as the input would otherwise be a reversible chain on the raw
+    image, not on spikes."""
+    model = models.spiking_vgg11(in_channels=16, width=16, neuron="revlif", reversible=True)
+    assert not isinstance(model.body[0], RevSequential)
+    assert any(isinstance(m, RevSequential) for m in model.body)
