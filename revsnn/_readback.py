@@ -14,8 +14,10 @@ class Readback:
     what was queued since. The backward checks of the reversible node and the reversible blocks
     use it: their forwards compute the value to check (the smallest state word, the largest
     block magnitude) and their backwards read it after launching their own work, so the device
-    is never idle while the host waits. On CPU the value is read at once (nothing to wait for).
-    Either way :meth:`value` is the value the tensor had when the Readback was made.
+    is never idle while the host waits; so does the ``RevLIF`` layer for its calls that no
+    backward checks, read at its next call or reset. On CPU the value is read at once
+    (nothing to wait for). Either way :meth:`value` is the value the tensor had when the
+    Readback was made.
     """
 
     __slots__ = ("_host", "_event")

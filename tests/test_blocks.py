@@ -155,9 +155,21 @@ def test_autocast_bf16_matches_plain():
     compare(rev, plain, x, autocast=torch.bfloat16)
 
 
+class _CastsItself(nn.Module):
+    """bfloat16 weights on a float32 half: casts in and out itself (no autocast needed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4).to(torch.bfloat16)
+
+    def forward(self, x):
+        return self.lin(x.to(torch.bfloat16)).float()
+
+
 def test_half_precision_parameters_point_to_autocast():
     """model.to(bfloat16) gives f and g half parameters, which the float32 stream cannot
-    feed: a TypeError that says what to do (autocast), which then works."""
+    feed: a TypeError that says what to do (autocast), which then works; a branch that casts
+    for itself runs as it is."""
     rev = chain(2).to(torch.bfloat16)
     x = make_x((3, 2, 8, 3, 3)).requires_grad_()
     with pytest.raises(TypeError, match="under torch.autocast"):
@@ -166,6 +178,8 @@ def test_half_precision_parameters_point_to_autocast():
         y = rev(x)
     y.float().sum().backward()
     assert x.grad is not None
+    own = RevSequential(RevBlock(_CastsItself(), _CastsItself(), dim=-1))
+    own(make_x((3, 2, 8)).requires_grad_()).sum().backward()
 
 
 def test_single_block_and_no_grad():

@@ -1,5 +1,6 @@
 """Reversible LIF node: exactness, kernel == twin, gradients, flags, memory, API."""
 import contextlib
+import copy
 import gc
 import math
 import weakref
@@ -451,6 +452,33 @@ def test_layer_raises_for_a_flagged_call_no_backward_checks():
     node.reset()
     with pytest.raises(ValueError, match="NaN/Inf"):
         y.sum().backward()
+    with torch.no_grad():  # a raising reset() still forgets the flagged state
+        node(bad)
+        with pytest.raises(ValueError, match="earlier call"):
+            node.reset()
+        assert node.state is None
+        node(make_x((4, 2, 6)))
+        node.reset()
+
+
+def test_layer_with_a_pending_check_copies_and_compiles():
+    """A copy starts with nothing pending (a CUDA event cannot be copied); compiled calls
+    do not read the flags on the host (no graph break, no guard on the value)."""
+    import io
+    from torch._dynamo.testing import CompileCounter
+    node = revsnn.RevLIF(backend="torch")
+    with torch.no_grad():
+        node(make_x((4, 2, 6)))
+    assert node._unchecked is not None
+    assert copy.deepcopy(node)._unchecked is None and node._unchecked is not None
+    torch.save(node, io.BytesIO())
+    counter = CompileCounter()
+    net = torch.compile(torch.nn.Sequential(torch.nn.Linear(6, 6), revsnn.RevLIF(
+        backend="torch")), backend=counter)
+    with torch.no_grad():
+        for seed in range(5):
+            net(make_x((4, 2, 6), seed=seed))
+    assert counter.frame_count <= 2
 
 
 def test_layer_tensor_params_are_buffers():

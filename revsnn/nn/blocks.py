@@ -241,11 +241,27 @@ class RevBlock(nn.Module):
         recomputation)."""
         if snaps is not None:
             snaps.append(_Snapshot(self.f, x2, self.preserve_rng_state))
-        y1 = x1 + self._branch(self.f(x2), x2, "f")
+        y1 = x1 + self._branch(self._call("f", x2), x2, "f")
         if snaps is not None:
             snaps.append(_Snapshot(self.g, y1, self.preserve_rng_state))
-        y2 = x2 + self._branch(self.g(y1), y1, "g")
+        y2 = x2 + self._branch(self._call("g", y1), y1, "g")
         return y1, y2
+
+    def _call(self, which: str, half: torch.Tensor) -> torch.Tensor:
+        """f or g on a half, with a hint where it fails on half-precision parameters (a model
+        cast with .to(bfloat16)): the stream stays float32, so they get float32 input."""
+        module = getattr(self, which)
+        try:
+            return module(half)
+        except RuntimeError as e:
+            low = {p.dtype for p in module.parameters()} & {torch.float16, torch.bfloat16}
+            if not low or torch.is_autocast_enabled(half.device.type):
+                raise
+            raise TypeError(
+                f"RevBlock.{which} failed on its {half.dtype} input with {sorted(map(str, low))} "
+                f"parameters: the blocks keep their stream in {half.dtype} (exact reconstruction "
+                f"needs it); keep the blocks' parameters in float32 and compute in half precision "
+                f"under torch.autocast") from e
 
     def invert(self, y1: torch.Tensor, y2: torch.Tensor, snap_f: Optional[_Snapshot] = None,
                snap_g: Optional[_Snapshot] = None, gy: Optional[tuple] = None,
@@ -544,12 +560,6 @@ def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
     if not blocks:
         return quantize(x)
     params = _params(blocks)
-    half = next((p.dtype for p in params if p.dtype in (torch.float16, torch.bfloat16)), None)
-    if half is not None and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(
-            f"the RevBlocks hold {half} parameters, but they run f and g on halves of their "
-            f"{acc_dtype(x.dtype)} stream (exact reconstruction needs it): keep the blocks' "
-            f"parameters in float32 and compute in {half} under torch.autocast")
     if reversible and _records(x, params):
         return _RevChain.apply(x, blocks, rebuilt, *params)
     d = _chain_dim(blocks, x, "x")

@@ -28,6 +28,8 @@ class RevLIF(nn.Module):
     a call that autograd records raises at its backward; any other call (no_grad, inference)
     raises at the layer's next call or :meth:`reset`, whichever comes first (its flags are read
     then, without waiting for the device at the call itself); ``validate=True`` raises at once.
+    Not under ``torch.compile`` (no host read inside a graph), nor in ``nn.DataParallel``
+    replicas: there, calls without a backward are checked only with ``validate=True``.
     """
 
     def __init__(self, tau: Param = 2.0, decay_input: bool = True, v_threshold: Param = 1.0,
@@ -60,17 +62,32 @@ class RevLIF(nn.Module):
         self._unchecked: Optional[tuple[Readback, RevLIFState]] = None
 
     def _check_earlier_call(self) -> None:
-        """Raise if the last call that no backward will check was flagged."""
-        if self._unchecked is not None:
-            smallest, state = self._unchecked
-            self._unchecked = None
-            state.check("RevLIF (an earlier call, not recorded by autograd)", smallest.value())
+        """Raise if the last call that no backward will check was flagged, while its state is
+        still the layer's (reversible blocks put other states in for their recomputations:
+        those calls are checked by their own backwards)."""
+        pending, self._unchecked = self._unchecked, None
+        if pending is not None and pending[1] is self.state:
+            pending[1].check("RevLIF (an earlier call, not recorded by autograd)",
+                             pending[0].value())
 
     def reset(self) -> None:
         """Forget the state: the next call starts from zero potentials. Raises ValueError if
-        the last call was flagged and nothing has checked it (see the class docstring)."""
-        self._check_earlier_call()
-        self.state = None
+        the last call was flagged and nothing has checked it (see the class docstring); the
+        state is forgotten either way."""
+        try:
+            self._check_earlier_call()
+        finally:
+            self.state = None
+
+    def __getstate__(self) -> dict:
+        # a copy (deepcopy, pickle, torch.save) starts with nothing pending: the CUDA event
+        # of a Readback cannot be copied, and the original still checks its own calls
+        return dict(super().__getstate__(), _unchecked=None)
+
+    def _replicate_for_data_parallel(self) -> "RevLIF":
+        replica = super()._replicate_for_data_parallel()
+        replica._unchecked = None
+        return replica
 
     @property
     def step_mode(self) -> str:
@@ -89,10 +106,15 @@ class RevLIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [T, B, C, *]`` (C even along ``dim``) -> ``y [T, B, C, *]``, x's dtype; the
         final state goes to ``self.state``, the next call's initial state."""
-        self._check_earlier_call()
+        # compiled graphs skip the deferred check: its host read would break the graph (and
+        # Dynamo would guard on the value read); they raise at backward or with validate=True
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            self._check_earlier_call()
         y, self.state = F.rev_lif(x, self.state, tau=self.tau, v_threshold=self.v_threshold,
                                   **self.kwargs)
-        if not (y.requires_grad or self.kwargs["validate"]) and self.state.v_fixed.numel():
+        if not (compiling or y.requires_grad or self.kwargs["validate"]) and (
+                self.state.v_fixed.numel()):
             self._unchecked = (Readback(self.state.v_fixed.amin()), self.state)
         return y
 
