@@ -57,9 +57,13 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+for section in $SECTIONS; do
+    case " kernels network memory " in *" $section "*) ;; *)
+        echo "unknown section for --only: $section (kernels, network, memory)" >&2
+        exit 2 ;;
+    esac
+done
 OUT=bench/results/gpu
-rm -rf "$OUT"  # no table of an earlier run may pass for this one's
-mkdir -p "$OUT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 STATUS=()  # "step | result | seconds" lines for the summary
 FAILED=0   # the exit status: 1 if any step failed or timed out
@@ -106,6 +110,9 @@ if [ "$GPU" != 1 ] && [ "${REVSNN_GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then
 fi
 # compiled kernels on a GPU, whatever tests/conftest.py guesses from /dev
 [ "$GPU" = 1 ] && export TRITON_INTERPRET=0
+# each section's folder is replaced when it runs (no table of an earlier run may pass for this
+# one's); the sections of earlier calls (one section per call) stay
+mkdir -p "$OUT"
 
 # -- 1. peers from local wheels, if any are missing ---------------------------------------------
 SITE=bench/wheels/site
@@ -191,12 +198,17 @@ for item in $LIMITS; do
     section=${item%%:*}
     case " $SECTIONS " in *" $section "*) ;; *) continue ;; esac
     # shellcheck disable=SC2086
+    rm -rf "${OUT:?}/$section"
     run_step "bench-$section" "${item##*:}" "$PY" -m bench $SIZE --only "$section" \
         --no-summary --out "$OUT/$section"
     DIRS="$DIRS $OUT/$section"
 done
 
 # -- 4. diagnostics: where the host time and the peak memory go ---------------------------------
+if [ "$DIAG" = 1 ] && [ "$GPU" != 1 ]; then
+    echo "=== --diag: skipped without a GPU (python -m bench.sweep --host and python -m" \
+         "bench.peak run on CPU by hand)"
+fi
 if [ "$DIAG" = 1 ] && [ "$GPU" = 1 ]; then
     run_step host-time "${BENCH_TIMEOUT:-60}" "$PY" -m bench.sweep --host
     run_step peak-memory "${BENCH_TIMEOUT:-90}" "$PY" -m bench.peak --model resnet18 --T 16 \

@@ -192,8 +192,11 @@ def gpu_step_memory(name: str, variant: str, T: int, batch: int, kw: dict) -> tu
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     step = SGDStep(name, variant, T, batch, kw, "cuda")
-    step()  # warm-up: kernel compilation and the momentum buffers
+    # before the warm-up: the neurons' states keep this forward's graph (SpikingJelly's v,
+    # revsnn's LIF v) until the next forward resets them, which must come before the peak
+    # statistics are reset, or the measured step starts with a whole extra forward live
     kept = kept_bytes(step.model, step.x)
+    step()  # warm-up: kernel compilation and the momentum buffers
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     step()

@@ -63,7 +63,8 @@ def replay(entries: Iterable[dict]) -> tuple[int, Counter, list]:
     """(peak of the live bytes, bytes live at the peak by origin, the largest single
     allocations live at the peak as (bytes, origin), largest first) from allocator trace
     entries (``action`` 'alloc' or 'free_completed', ``addr``, ``size``, ``frames``), in order.
-    Bytes allocated before the trace began are not in it: the peak is above the trace's start.
+    The peak is counted from what was allocated when the trace began (a block allocated
+    before it and freed within it counts down, by the size its free records).
     A large single allocation next to tensors of the activations' sizes is a workspace (cuDNN's
     convolution algorithms take one)."""
     entries = list(entries)
@@ -77,7 +78,8 @@ def replay(entries: Iterable[dict]) -> tuple[int, Counter, list]:
             if cur > peak:
                 peak, peak_at = cur, i
         elif e["action"] == "free_completed":
-            cur -= sizes.pop(e["addr"], 0)
+            # a block allocated before the trace began has its size in the free's entry
+            cur -= sizes.pop(e["addr"], e.get("size", 0))
     live: dict = {}
     for e in entries[:peak_at + 1]:
         if e["action"] == "alloc":

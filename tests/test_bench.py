@@ -206,6 +206,9 @@ def test_peak_replay_of_an_allocator_trace():
     assert live == {"revsnn/x.py:1 f": 130, "bench/y.py:1 f": 50}
     assert largest == [(120, "revsnn/x.py:1 f"), (50, "bench/y.py:1 f"),
                        (10, "revsnn/x.py:1 f")]
+    # a block from before the trace freed first: the later allocation only refills it
+    top, _, _ = peak.replay([ev("free_completed", 9, 100), ev("alloc", 1, 100)])
+    assert top == 0
 
 
 def test_peak_cpu_step_by_phase():
