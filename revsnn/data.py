@@ -80,8 +80,8 @@ def _digits(sequence: bool) -> Dataset:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise RuntimeError("the digits dataset ships with scikit-learn: pip install "
-                           "scikit-learn") from e
+        raise ValueError("the digits dataset ships with scikit-learn: pip install "
+                         "scikit-learn") from e
     d = load_digits()
     x = torch.tensor(d.data, dtype=torch.float32) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)

@@ -56,6 +56,9 @@ def main(argv=None) -> None:
                    help="B C H W of one step (default: 32 128 32 32 on GPU, 8 64 16 16 on CPU)")
     p.add_argument("--repeat", type=int, default=None)
     args = p.parse_args(argv)
+    for name in ("T", "repeat"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = args.shape or ([32, 128, 32, 32] if device.type == "cuda" else [8, 64, 16, 16])
     repeat = args.repeat or (20 if device.type == "cuda" else 2)

@@ -32,17 +32,26 @@ class KeptBytes:
         self.sizes: dict[int, int] = {}
         self._held: dict[int, torch.Tensor] = {}
 
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+    def _pack(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
         self._held.setdefault(storage_id(t), t)
         # A pack hook that returns a saved *output* itself closes a cycle through C++ (output ->
         # grad_fn -> saved -> output) that no garbage collector sees: a forward that is never
         # backpropagated (as when only measuring) would keep its whole graph alive for good.
-        # The detached alias has the same storage and no grad_fn.
-        return t.detach()
+        # The detached alias has the same storage and version counter, and no grad_fn.
+        return t.detach(), t._version
+
+    @staticmethod
+    def _unpack(packed: tuple[torch.Tensor, int]) -> torch.Tensor:
+        # with hooks autograd does not check saved tensors for in-place changes: done here
+        t, version = packed
+        if t._version != version:
+            raise RuntimeError("one of the variables needed for gradient computation has been "
+                               "modified by an inplace operation (seen by revsnn's KeptBytes)")
+        return t
 
     def __enter__(self) -> "KeptBytes":
         self.sizes, self._held = {}, {}
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
         return self
 
@@ -108,17 +117,25 @@ class LiveBytes(TorchDispatchMode):
         if key in self._live or s.nbytes() == 0:
             return
         self._live[key] = (s.nbytes(), op, self._origin() if self._origin else "")
-        # the storage's Python object lives exactly as long as its memory
-        weakref.finalize(s, self._freed, key)
+        # the storage's Python object lives exactly as long as its memory; the finalizer holds
+        # the counter weakly, so that a finished count is not kept alive by live tensors
+        weakref.finalize(s, LiveBytes._freed_in, weakref.ref(self), key)
         self.now += s.nbytes()
+
+    @staticmethod
+    def _freed_in(ref: "weakref.ref[LiveBytes]", key: int) -> None:
+        live = ref()
+        if live is not None:
+            live._freed(key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+        # storages by identity (storage_id): every meta tensor's data_ptr() is 0
+        inputs = {storage_id(t) for t in tree_flatten((args, kwargs))[0]
                   if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             # an input's memory (a view, an in-place op) is not a new allocation
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+            if isinstance(t, torch.Tensor) and storage_id(t) not in inputs:
                 self._track(t.untyped_storage(), str(func))
         if self.now > self.peak:
             self.peak, self._at_peak = self.now, dict(self._live)

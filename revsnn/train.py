@@ -106,6 +106,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if not args.tau > 1:
         p.error(f"--tau must be > 1, got {args.tau}")
+    if not args.lr > 0 or not args.weight_decay >= 0:
+        p.error(f"--lr must be > 0 and --weight-decay >= 0, got {args.lr} and "
+                f"{args.weight_decay}")
+    if not 0 <= args.seed < 2 ** 31:
+        p.error(f"--seed must be in [0, 2**31), got {args.seed}")
+    if not args.dataset.startswith("digits") and args.model in ("convnet8", "mlp"):
+        p.error(f"--model {args.model} is sized for the 8x8 digits; for --dataset "
+                f"{args.dataset} use vgg11, vgg16, resnet18 or resnet19")
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError as e:
+            p.error(f"--device {args.device}: {e}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            p.error(f"--device {args.device}: no CUDA device here")
+    if args.checkpoint is not None:
+        folder = os.path.dirname(os.path.abspath(args.checkpoint))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            p.error(f"--checkpoint {args.checkpoint}: {folder} is not a writable folder")
     try:  # the builders name bad widths (odd channels for revlif); meta: no memory, no time
         with torch.device("meta"):
             build_model(args, 10)
@@ -169,7 +188,9 @@ def _set_rng_state(st: dict, device: torch.device) -> None:
 
 _RESUME_KEYS = ("dataset", "model", "neuron", "reversible", "width", "T", "tau", "seed",
                 "batch_size", "train_size", "test_size", "amp", "epochs", "lr",
-                "weight_decay")
+                "weight_decay", "world")
+"""What a resumed run must share with the checkpoint's (``world``: the number of processes,
+which decides the data shards)."""
 
 
 def _setup_distributed(device: Optional[str]) -> tuple[int, int, torch.device]:
@@ -223,8 +244,9 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
         if not os.path.isfile(args.resume):
             raise ValueError(f"--resume {args.resume}: no such checkpoint file")
         ck = torch.load(args.resume, map_location=device, weights_only=True)
-        diff = {k: (ck["args"].get(k), getattr(args, k)) for k in _RESUME_KEYS
-                if ck["args"].get(k) != getattr(args, k)}
+        now = dict(vars(args), world=world)
+        diff = {k: (ck["args"].get(k, 1 if k == "world" else None), now[k])
+                for k in _RESUME_KEYS if ck["args"].get(k, 1 if k == "world" else None) != now[k]}
         if diff:
             raise ValueError(f"--resume {args.resume}: the checkpoint was made with other "
                              f"settings (checkpoint, now): {diff}")
@@ -271,7 +293,9 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
                 tot[2] += len(y)
             bar.update(i + 1, loss)
         sched.step()
-        acc = evaluate(net, test_loader, device, amp_dtype)
+        # the unwrapped model under DDP: DDP's forward syncs buffers with the other ranks, and a
+        # rank with no test batch would not take part (a hang)
+        acc = evaluate(model if world > 1 else net, test_loader, device, amp_dtype)
         if world > 1:
             dist.all_reduce(tot)
         elapsed = time.perf_counter() - t0
@@ -288,10 +312,13 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
                 f"{100 * rec['train_acc']:5.1f}%  test acc {100 * acc:5.1f}%  "
                 f"{elapsed:6.1f} s  {mem}")
         if args.checkpoint and main:
+            # written aside, then renamed: a save cut short leaves the last checkpoint whole
+            tmp = f"{args.checkpoint}.tmp"
             torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(), scaler=scaler.state_dict(),
-                            epoch=epoch + 1, rng=_rng_state(device), args=vars(args)),
-                       args.checkpoint)
+                            epoch=epoch + 1, rng=_rng_state(device),
+                            args=dict(vars(args), world=world)), tmp)
+            os.replace(tmp, args.checkpoint)
     return dict(model=model, history=history)
 
 

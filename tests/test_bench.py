@@ -2,12 +2,14 @@
 never puts a number in a row it could not measure, and reports the node memory the unit tests
 promise (tests/test_rev_lif.py::test_kept_for_backward)."""
 import csv
+import gc
 import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,25 @@ def test_live_bytes_follows_the_storages_ops_make():
     assert live.now == x.nbytes
     live.reset_peak()
     assert live.peak == x.nbytes
+
+
+def test_memory_counters_edge_cases():
+    """LiveBytes tells meta storages apart (their data_ptr() is 0) and does not keep itself
+    alive; KeptBytes keeps autograd's in-place check, which its hooks would otherwise skip."""
+    m = torch.empty(1000, device="meta")
+    with LiveBytes() as live:
+        a = m * 2
+        b = a + m
+    assert live.now == a.nbytes + b.nbytes == 2 * m.nbytes
+    ref = weakref.ref(LiveBytes(existing=[m]))
+    gc.collect()
+    assert ref() is None
+    x = torch.randn(4, requires_grad=True)
+    with KeptBytes():
+        y = x.sigmoid()
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
 
 
 def test_network_batch_line_is_exact():

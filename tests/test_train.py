@@ -52,6 +52,11 @@ def test_defaults():
     (["--dataset", "cifar10", "--model", "resnet18", "--width", "8"], "--width is not an "
                                                                      "option"),
     (["--tau", "1.0"], "--tau must be > 1"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--seed", "-1"], "--seed must be in [0, 2**31)"),
+    (["--dataset", "cifar10", "--model", "convnet8"], "sized for the 8x8 digits"),
+    (["--device", "foo"], "--device foo"),
+    (["--checkpoint", "/nonexistent/dir/x.pt"], "is not a writable folder"),
 ])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -202,6 +207,8 @@ def test_resume_matches_uninterrupted(tmp_path):
         run(base + ["--checkpoint", ck], log=_crash_at_epoch(2))
     resumed, lines = run(base + ["--resume", ck, "--checkpoint", ck])
     assert [r["epoch"] for r in resumed["history"]] == [2, 3]
+    assert not os.path.exists(ck + ".tmp")  # written aside, then renamed over the old one
+    assert torch.load(ck, weights_only=True)["args"]["world"] == 1
     a, b = full["model"].state_dict(), resumed["model"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     for r, f in zip(resumed["history"], full["history"][1:]):
@@ -236,9 +243,11 @@ def _ddp_worker(rank, world, port, out_dir, done):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     for rev in (False, True):
+        # the second run: one test sample for two ranks (a rank with no test batch must not
+        # leave the other waiting in DDP's buffer sync)
         args = rtrain.parse_args(["--epochs", "1", "--device", "cpu", "--seed", "5",
                                   "--train-size", "64"] + TINY[2:]
-                                 + (["--reversible"] if rev else []))
+                                 + (["--reversible", "--test-size", "1"] if rev else []))
         out = rtrain.train(args, log=lambda s: None)
         torch.save({k: v.detach() for k, v in out["model"].named_parameters()},
                    os.path.join(out_dir, f"rank{rank}_rev{int(rev)}.pt"))
