@@ -10,26 +10,22 @@ from ._config import ERROR_CODES, F_BITS, POISON_LIMIT
 
 class Made(NamedTuple):
     """What the values of a :class:`RevLIFState` depend on besides the input: the forward's
-    number of steps, split dim and node settings. ``tau`` / ``v_threshold``: the number, or
-    None for a per-channel tensor (not compared)."""
+    number of steps, split dim and the node settings that enter its arithmetic, as
+    ``(name, value)`` pairs; ``tau`` / ``v_threshold`` there: the number, or None for a
+    per-channel tensor (not compared)."""
 
     steps: int
     dim: int
-    is_if: bool
-    decay_input: bool
-    v_reset: Optional[float]
-    alpha: float
-    beta1: float
-    beta2: float
-    tau: Optional[float]
-    v_threshold: Optional[float]
+    settings: tuple
 
     def differences(self, other: "Made") -> list[str]:
-        """``name: mine vs other`` for each field that differs (a tensor tau or v_threshold,
-        None, is not compared; ``v_reset`` None is the soft reset)."""
+        """``name: mine vs other`` for each entry that differs (``v_reset`` None is the soft
+        reset, compared like any value)."""
+        mine = dict(steps=self.steps, dim=self.dim, **dict(self.settings))
+        theirs = dict(steps=other.steps, dim=other.dim, **dict(other.settings))
         tensors = ("tau", "v_threshold")
-        return [f"{k}: {a} vs {b}" for k, a, b in zip(self._fields, self, other)
-                if a != b and not (k in tensors and None in (a, b))]
+        return [f"{k}: {a} vs {theirs[k]}" for k, a in mine.items()
+                if a != theirs[k] and not (k in tensors and None in (a, theirs[k]))]
 
 
 class RevLIFState(NamedTuple):

@@ -52,11 +52,16 @@ def _node_args(cfg: RevLIFConfig) -> tuple:
     return tuple(getattr(cfg, k) for k in _op.NODE_ARGS)
 
 
+_ARITHMETIC = ("is_if", "int_decay_input", "v_reset", "alpha", "beta1", "beta2")
+"""The RevLIFConfig values that enter the node's arithmetic (not the surrogate's)."""
+
+
 def _made(lay, cfg: RevLIFConfig, tau: Param, v_threshold: Param) -> Made:
     def number(p):
         return None if isinstance(p, torch.Tensor) else float(p)
-    return Made(lay.T, lay.dim, cfg.is_if, cfg.int_decay_input, cfg.v_reset, cfg.alpha,
-                cfg.beta1, cfg.beta2, number(tau), number(v_threshold))
+    settings = tuple((k.removeprefix("int_"), getattr(cfg, k)) for k in _ARITHMETIC)
+    return Made(lay.T, lay.dim, settings + (("tau", number(tau)),
+                                            ("v_threshold", number(v_threshold))))
 
 
 def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
