@@ -57,6 +57,7 @@ from ._config import BACKENDS, layout_of
 from .functional import _lif as _lif_fn
 from .functional import _rev_lif as _rev_fn
 from .nn import LIF, RevLIF
+from .nn._keep import keep
 from .state import RevLIFState
 
 TARGETS = ("lif", "revlif")
@@ -114,17 +115,6 @@ class ConversionReport:
 
 
 # -- adapters: revsnn nodes behind the source libraries' call signatures --------------------------
-def _keep(module: nn.Module, name: str, t: Optional[torch.Tensor]) -> None:
-    """Keep a source tensor: the same Parameter object (the optimizer may hold it), else a
-    buffer copy (it follows .to(device))."""
-    if isinstance(t, nn.Parameter):
-        setattr(module, name, t)
-    elif t is not None:
-        module.register_buffer(name, t.detach().clone())
-    else:
-        setattr(module, name, None)
-
-
 class _Node(nn.Module):
     """A revsnn node (``to="lif"``: :func:`revsnn.functional.lif`, ``"revlif"``:
     :func:`revsnn.functional.rev_lif`) run over ``[T, B, *]`` with the given keywords."""
@@ -224,7 +214,7 @@ class SpikingJellyNode(_Stepwise):
                  w: Optional[torch.Tensor] = None) -> None:
         super().__init__(to, kwargs)
         self.multi_step = multi_step
-        _keep(self, "w", w)
+        keep(self, "w", w)
 
     @property
     def stepwise(self) -> bool:
@@ -266,8 +256,8 @@ class SnnTorchLeaky(_Stepwise):
     def __init__(self, to: str, kwargs: dict, beta: Optional[torch.Tensor],
                  threshold: Optional[torch.Tensor], init_hidden: bool, output: bool) -> None:
         super().__init__(to, kwargs)
-        _keep(self, "beta", beta)
-        _keep(self, "threshold", threshold)
+        keep(self, "beta", beta)
+        keep(self, "threshold", threshold)
         self.init_hidden, self.output = init_hidden, output
 
     def _params(self) -> dict:

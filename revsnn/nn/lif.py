@@ -10,6 +10,7 @@ from torch import nn
 
 from .._config import Param, check_param_values
 from ..functional import _lif as F
+from ._keep import keep
 
 STEP_MODES = ("m", "s")
 
@@ -72,17 +73,12 @@ class LIF(nn.Module):
         """A float stays a float unless learned; a tensor becomes a parameter or a buffer."""
         if isinstance(value, torch.Tensor):
             check_param_values(value, name, 1.0 if name == "tau" else -math.inf, math.inf)
-        if isinstance(value, nn.Parameter):
-            setattr(self, name, value)
-        elif learn:
+        if learn and not isinstance(value, nn.Parameter):
             t = torch.as_tensor(value, dtype=torch.float32).detach().clone()
             if channels is not None and t.numel() == 1:
                 t = t.reshape(1).repeat(channels)
-            setattr(self, name, nn.Parameter(t))
-        elif isinstance(value, torch.Tensor):
-            self.register_buffer(name, value.detach().clone())
-        else:
-            setattr(self, name, float(value))
+            value = nn.Parameter(t)
+        keep(self, name, value if isinstance(value, torch.Tensor) else float(value))
 
     def reset(self) -> None:
         """Forget the potential: the next call starts from v_reset (0 for soft reset)."""

@@ -12,6 +12,7 @@ from .._config import V_PARAM_MAX, Param, check_param_values
 from .._readback import Readback
 from ..functional import _rev_lif as F
 from ..state import RevLIFState
+from ._keep import keep
 
 
 class RevLIF(nn.Module):
@@ -49,11 +50,7 @@ class RevLIF(nn.Module):
                 limits = ((1.0, math.inf, not decay_input) if name == "tau"
                           else (-V_PARAM_MAX, V_PARAM_MAX))
                 check_param_values(value, name, *limits)
-            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-                # a buffer follows .to() and the state_dict, as the layer's other tensors do
-                self.register_buffer(name, value.detach().clone())
-            else:
-                setattr(self, name, value)  # an nn.Parameter registers itself
+            keep(self, name, value)
         self.kwargs = dict(decay_input=decay_input, v_reset=v_reset, alpha=alpha, beta1=beta1,
                            beta2=beta2, surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                            detach_reset=detach_reset, dim=dim, backward=backward,
