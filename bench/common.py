@@ -158,6 +158,14 @@ def fmt(v) -> str:
     return str(v)
 
 
+def exact(v) -> str:
+    """A CSV cell: the value in full (the Markdown tables round with :func:`fmt`; what reads
+    the CSVs, bench.summary and the plots, computes from them)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    return repr(v) if isinstance(v, float) else str(v)
+
+
 class Table:
     """Rows with fixed columns, rewritten to ``<out>/<name>.csv`` and ``<name>.md`` after every
     row, so a run cut short by a timeout still leaves what it measured."""
@@ -193,7 +201,7 @@ class Table:
             w = csv.DictWriter(f, fieldnames=self.columns)
             w.writeheader()
             for r in self.rows:
-                w.writerow({c: fmt(r.get(c)) for c in self.columns})
+                w.writerow({c: exact(r.get(c)) for c in self.columns})
         (self.out / f"{self.name}.md").write_text(self.markdown())
 
 

@@ -317,3 +317,12 @@ def test_peak_cuda_path_with_the_allocator_calls_replaced(monkeypatch):
     assert r["live"] == {"revsnn/nn/blocks.py:7 invert": 3 << 20,
                          "(no Python frame of revsnn, bench or torch.nn)": 1 << 20}
     assert calls[-1] == dict(enabled=None)  # recording switched off again
+
+
+def test_csv_keeps_full_precision_markdown_rounds(tmp_path):
+    from bench.common import Table
+    t = Table(tmp_path, "t", "title", ["a", "b"], {})
+    t.add(a=1270.4375, b=None)
+    _, rows = read_csv(tmp_path, "t")
+    assert rows == [{"a": "1270.4375", "b": ""}]
+    assert "| 1270 |" in (tmp_path / "t.md").read_text()
