@@ -267,16 +267,17 @@ def _measure(ctx: Context, cfg: dict, table) -> list:
                             f"its CPU fallback costs seconds per point; `python -m bench` "
                             f"measures it"))
                     continue
-                try:
-                    if ctx.gpu:
-                        got = {B: gpu_step_memory(name, variant, T, B, kw) for B in Bs}
-                        method, note = "CUDA, one SGD step", ""
-                    else:
-                        kept, method, note = meter(name, variant, T, Bs, kw)
-                        got = {B: (None, kept[B]) for B in Bs}
-                except Exception as e:  # Missing, or a labelled failure
-                    table.add(**base, status=failure(e))
-                    continue
+                got, method, note = {}, "CUDA, one SGD step", ""
+                for B in (Bs if ctx.gpu else [None]):
+                    try:  # on the GPU one batch at a time: an OOM keeps the smaller ones
+                        if ctx.gpu:
+                            got[B] = gpu_step_memory(name, variant, T, B, kw)
+                        else:
+                            kept, method, note = meter(name, variant, T, Bs, kw)
+                            got = {b: (None, kept[b]) for b in Bs}
+                    except Exception as e:  # Missing, or a labelled failure
+                        table.add(**base, **({} if B is None else dict(batch=B)),
+                                  status=failure(e))
                 for B, (peak, kept) in got.items():
                     if variant == "sj":
                         sj[(T, B)] = (kept, peak)

@@ -326,3 +326,23 @@ def test_csv_keeps_full_precision_markdown_rounds(tmp_path):
     _, rows = read_csv(tmp_path, "t")
     assert rows == [{"a": "1270.4375", "b": ""}]
     assert "| 1270 |" in (tmp_path / "t.md").read_text()
+
+
+def test_network_gpu_points_one_batch_at_a_time(tmp_path, monkeypatch):
+    """On a GPU each batch is its own measurement: one that runs out of memory is a failed row
+    with its batch, and the smaller one already measured stays (the CUDA call is replaced)."""
+    from bench.common import Context
+
+    def step_memory(name, variant, T, batch, kw):
+        if batch == 32:
+            raise RuntimeError("CUDA out of memory (stand-in)")
+        return 100 * 2 ** 20, 60 * 2 ** 20
+    monkeypatch.setattr(network, "gpu_step_memory", step_memory)
+    monkeypatch.setattr(Context, "gpu", property(lambda self: True))
+    ctx = Context(tmp_path, {}, torch.device("cpu"), "priority")
+    table = ctx.table("network", "t", network.COLUMNS)
+    cfg = dict(models={"vgg11": dict(width=16)}, variants=["revlif"], points=[(4, 16), (4, 32)])
+    rows = network._measure(ctx, cfg, table)
+    assert [(r["batch"], r["peak_MiB"]) for r in rows] == [(16, 100.0)]
+    failed = [r for r in table.rows if r["status"] != "ok"]
+    assert len(failed) == 1 and failed[0]["batch"] == 32 and "out of memory" in failed[0]["status"]
