@@ -163,7 +163,7 @@ def exact(v) -> str:
     the CSVs, bench.summary and the plots, computes from them)."""
     if v is None or (isinstance(v, float) and v != v):
         return ""
-    return repr(v) if isinstance(v, float) else str(v)
+    return repr(float(v)) if isinstance(v, float) else str(v)  # float(): numpy's repr differs
 
 
 class Table:

@@ -49,6 +49,13 @@ def _n(v, digits: str = ".3g") -> str:
     return "" if x is None else format(x, digits)
 
 
+def _cell(v: str) -> str:
+    """A CSV value as the Markdown tables show it: a number rounded as :func:`fmt` rounds (the
+    CSVs keep it in full), anything else as it is."""
+    x = num(v)
+    return v if x is None else fmt(x)
+
+
 def report(outs: Sequence[Path]) -> str:
     outs = [Path(o) for o in outs]
     parts = [f"Run: {_env(outs)}", ""]
@@ -121,7 +128,7 @@ def report(outs: Sequence[Path]) -> str:
         parts += [f"**Largest batch / T within {fit[0]['budget_GiB']} GiB: fitted "
                   f"{fit[0]['quantity']} = c0 + c1*batch + c2*batch*T ({fit[0]['basis']})**",
                   "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        parts += ["| " + " | ".join(r[c] for c in cols) + " |" for r in fit]
+        parts += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in fit]
         parts.append("")
     depth = read_rows(outs, "network_depth")
     parts.append(pivot(depth, lambda r: r["variant"], "depth",
@@ -133,7 +140,7 @@ def report(outs: Sequence[Path]) -> str:
         cols = ("section", "subject", "condition", "unit", "slope", "max_rel_residual")
         parts += ["**Fitted slopes**", "", "| " + " | ".join(cols) + " |",
                   "|" + "---|" * len(cols)]
-        parts += ["| " + " | ".join(r[c] for c in cols) + " |" for r in scal]
+        parts += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in scal]
     return "\n".join(p for p in parts if p is not None) + "\n"
 
 

@@ -349,3 +349,10 @@ def test_network_gpu_points_one_batch_at_a_time(tmp_path, monkeypatch):
     assert [(r["batch"], r["peak_MiB"]) for r in rows] == [(16, 100.0)]
     failed = [r for r in table.rows if r["status"] != "ok"]
     assert len(failed) == 1 and failed[0]["batch"] == 32 and "out of memory" in failed[0]["status"]
+
+
+def test_csv_cells_of_numpy_floats_are_plain_numbers(tmp_path):
+    import numpy as np
+    from bench.common import Table
+    Table(tmp_path, "t", "title", ["a"], {}).add(a=np.float64(0.25))
+    assert read_csv(tmp_path, "t")[1] == [{"a": "0.25"}]
