@@ -1,11 +1,17 @@
 """State of a reversible LIF node between calls."""
 from __future__ import annotations
 
+import contextvars
 from typing import NamedTuple, Optional
 
 import torch
 
 from ._config import ERROR_CODES, F_BITS, POISON_LIMIT
+
+CHECKED_LATER = contextvars.ContextVar("revsnn_checked_later", default=False)
+"""True while the node calls being made will be checked by their caller: a reversible chain's
+forward, whose backward runs every call again under autograd (and so checks it there). A
+``RevLIF`` layer then takes no readback of its own for a later check."""
 
 
 class Made(NamedTuple):

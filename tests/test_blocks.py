@@ -259,6 +259,21 @@ def test_buffer_state_replayed():
         assert_close_rel(p.grad, q.grad)
 
 
+def test_chain_forward_leaves_the_neurons_checks_to_its_backward():
+    """Under a recorded chain the RevLIF calls run without grad, but the backward reruns and
+    checks them: no readback of their own (it would never be read); a no-grad call of the
+    same chain takes one, as any unrecorded call does."""
+    rev = chain(2)
+    x = make_x((3, 2, 8, 3, 3))
+    y = rev(x.clone().requires_grad_())
+    assert all(m._unchecked is None for m in neurons(rev))
+    y.sum().backward()
+    reset_neurons(rev)
+    with torch.no_grad():
+        rev(x)
+    assert all(m._unchecked is not None for m in neurons(rev))
+
+
 def test_double_backward_raises():
     rev = chain(2)
     x = make_x((3, 2, 8, 3, 3)).requires_grad_()

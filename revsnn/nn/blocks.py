@@ -59,6 +59,7 @@ from torch import nn
 from .._config import acc_dtype, channel_dim
 from .._readback import Readback
 from ..ops._dispatch import first_order
+from ..state import CHECKED_LATER
 
 GRID_BITS = 16
 """Block values are multiples of ``2**-GRID_BITS``."""
@@ -483,9 +484,13 @@ class _RevChain(torch.autograd.Function):
                                                      (h2 != pair[1]).any()))
         snaps: list = []
         amax = _amax(_amax(pair[0].new_zeros(()), pair[0]), pair[1])
-        for b in blocks:
-            pair = b.couple(*pair, snaps)
-            amax = _amax(_amax(amax, pair[0]), pair[1])
+        checked_later = CHECKED_LATER.set(True)  # the backward reruns (and checks) every call
+        try:
+            for b in blocks:
+                pair = b.couple(*pair, snaps)
+                amax = _amax(_amax(amax, pair[0]), pair[1])
+        finally:
+            CHECKED_LATER.reset(checked_later)
         y = torch.cat(pair, d)
         # read in the backward after nothing more than the forward (see Readback)
         ctx.blocks, ctx.snaps, ctx.amax, ctx.dim = blocks, snaps, Readback(amax), d

@@ -11,7 +11,7 @@ from torch import nn
 from .._config import V_PARAM_MAX, Param, check_param_values
 from .._readback import Readback
 from ..functional import _rev_lif as F
-from ..state import RevLIFState
+from ..state import CHECKED_LATER, RevLIFState
 from ._keep import keep
 
 
@@ -110,8 +110,8 @@ class RevLIF(nn.Module):
             self._check_earlier_call()
         y, self.state = F.rev_lif(x, self.state, tau=self.tau, v_threshold=self.v_threshold,
                                   **self.kwargs)
-        if not (compiling or y.requires_grad or self.kwargs["validate"]) and (
-                self.state.v_fixed.numel()):
+        if not (compiling or y.requires_grad or self.kwargs["validate"]
+                or CHECKED_LATER.get()) and self.state.v_fixed.numel():
             self._unchecked = (Readback(self.state.v_fixed.amin()), self.state)
         return y
 
