@@ -10,10 +10,10 @@
 * ``dvs128``: DVS128 Gesture through ``tonic`` (if installed) in ``--data-dir``: events binned
   into ``T`` frames, 2 polarities, summed down to 32x32, ``[T, B, 2, 32, 32]``.
 
-The loader draws each epoch's order (and augmentation) from a generator seeded with
-``(seed, epoch)`` alone, so a run resumed at an epoch boundary sees the same data in the same
-order as an uninterrupted one; with ``world > 1`` each rank takes every ``world``-th sample of
-that order.
+The loader draws each epoch's order from a generator seeded with ``(seed, epoch)`` alone, so a
+run resumed at an epoch boundary sees the same data in the same order as an uninterrupted one;
+with ``world > 1`` each rank takes every ``world``-th sample of that order, and draws its
+augmentation from its own generator, seeded with ``(seed, epoch, rank)``.
 """
 from __future__ import annotations
 
@@ -175,20 +175,26 @@ class Loader:
     def __len__(self) -> int:
         return -(-self.per_rank // self.batch_size)
 
-    def generator(self, epoch: int) -> torch.Generator:
-        """The epoch's data-order generator: a function of (seed, epoch) only."""
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+    def generator(self, epoch: int, rank: Optional[int] = None) -> torch.Generator:
+        """The epoch's data-order generator, a function of (seed, epoch) only; with ``rank``,
+        that rank's augmentation generator (one stream per rank: with a shared one, the i-th
+        sample of every rank's batch would be cropped and flipped alike)."""
+        key = self.seed * 1_000_003 + epoch
+        if rank is not None:
+            key = key * 1_009 + 1 + rank
+        return torch.Generator().manual_seed(key)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(input, labels) batches of one epoch, on ``device``."""
         n = len(self.split.y)
-        gen = self.generator(epoch)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = (torch.randperm(n, generator=self.generator(epoch)) if self.shuffle
+                 else torch.arange(n))
+        aug = self.generator(epoch, self.rank)
         total = self.per_rank * self.world
         if self.train and total > n:
             order = torch.cat([order, order[:total - n]])
         mine = order[self.rank::self.world]
         for i in range(0, len(mine), self.batch_size):
             idx = mine[i:i + self.batch_size]
-            x = self.data.prepare(self.split.x[idx], self.train, gen)
+            x = self.data.prepare(self.split.x[idx], self.train, aug)
             yield x.to(self.device, non_blocking=True), self.split.y[idx].to(self.device)

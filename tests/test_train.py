@@ -150,6 +150,20 @@ def test_digits_data():
     assert len(parts[0]) == len(parts[1]) == 719
 
 
+def test_ranks_augment_independently():
+    """Same data order on every rank, but each rank crops and flips with its own generator:
+    with a shared one, the i-th sample of every rank's batch got the same crop and flip."""
+    img = torch.arange(2 * 8 * 8, dtype=torch.uint8).view(1, 2, 8, 8).repeat(16, 1, 1, 1)
+    split = rdata.Split(img, torch.arange(16))
+    ds = rdata.Dataset("toy", split, split, 16, time_first=False, augment=True)
+    batches = [list(rdata.Loader(ds, "train", 8, 5, True, r, 2).epoch(0)) for r in (0, 1)]
+    (x0, y0), (x1, y1) = batches[0][0], batches[1][0]
+    assert not torch.equal(x0, x1)  # identical images, so only the augmentation differs
+    assert sorted(torch.cat([y0, y1]).tolist()) == list(range(16))  # one shared order
+    again = next(rdata.Loader(ds, "train", 8, 5, True, 1, 2).epoch(0))[0]
+    assert torch.equal(again, x1)  # still a function of (seed, epoch, rank)
+
+
 @pytest.mark.parametrize("neuron, reversible", [("revlif", False), ("revlif", True),
                                                 ("lif", True)])
 def test_tiny_static_run_learns(neuron, reversible):
