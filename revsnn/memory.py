@@ -21,7 +21,10 @@ class KeptBytes:
 
     The saved tensors are held until the block ends (so no storage address is reused while
     counting) and then released; ``bytes(only=..., exclude=...)`` sums the storages' sizes,
-    selected by :func:`storage_id`. Example: bytes a model keeps, parameters excluded::
+    selected by :func:`storage_id`. Saved-tensor hooks in force around the block (an outer
+    ``KeptBytes``, ``torch.autograd.graph.save_on_cpu``, ...) still pack and unpack what is
+    saved: measuring does not change where tensors are kept. Example: bytes a model keeps,
+    parameters excluded::
 
         with KeptBytes() as kept:
             loss = model(x).sum()
@@ -49,9 +52,19 @@ class KeptBytes:
                                "modified by an inplace operation (seen by revsnn's KeptBytes)")
         return t
 
+    def _pack_through(self, outer_pack: Callable) -> Callable:
+        def pack(t: torch.Tensor):
+            self._held.setdefault(storage_id(t), t)
+            return outer_pack(t)
+        return pack
+
     def __enter__(self) -> "KeptBytes":
         self.sizes, self._held = {}, {}
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        # autograd applies only the innermost hooks: the outer ones are called from ours
+        outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        pack, unpack = ((self._pack, self._unpack) if outer is None
+                        else (self._pack_through(outer[0]), outer[1]))
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, unpack)
         self._hooks.__enter__()
         return self
 

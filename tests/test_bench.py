@@ -201,6 +201,33 @@ def test_memory_counters_edge_cases():
         y.sum().backward()
 
 
+def test_kept_bytes_keeps_the_hooks_around_it():
+    """Saved-tensor hooks in force around a KeptBytes block still see what is saved inside it
+    (autograd calls only the innermost hooks): an outer KeptBytes counts the inner block's
+    tensors, and outer hooks that move saved tensors elsewhere still do."""
+    x = torch.randn(8, requires_grad=True)
+    with KeptBytes() as outer:
+        a = x.exp()  # saves its output a
+        with KeptBytes() as inner:
+            b = a.sin()  # saves a (already counted by outer)
+            c = b * x  # saves b and x
+    assert inner.bytes() == a.nbytes + b.nbytes + x.nbytes
+    assert outer.bytes() == inner.bytes()
+    moved = []
+
+    def away(t):
+        moved.append(t.nbytes)
+        return t.detach().clone()  # a copy stands in for memory elsewhere (save_on_cpu)
+    with torch.autograd.graph.saved_tensors_hooks(away, lambda t: t):
+        with KeptBytes() as kept:
+            y = x.sin() * x
+    assert sum(moved) == 3 * x.nbytes and kept.bytes() == 2 * x.nbytes
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(g, x.cos() * x + x.sin())
+    (g,) = torch.autograd.grad(c.sum(), x)
+    assert torch.allclose(g, (x.exp().cos() * x.exp() * x + x.exp().sin()))
+
+
 def test_network_batch_line_is_exact():
     """The CPU fallback of bench/network.py (batch 2 and 3, extended linearly) gives what the
     meta-tensor count gives at the real batch."""
