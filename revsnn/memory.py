@@ -142,14 +142,22 @@ class LiveBytes(TorchDispatchMode):
             live._freed(key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
         # storages by identity (storage_id): every meta tensor's data_ptr() is 0
-        inputs = {storage_id(t) for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
+        before = {storage_id(t): t.untyped_storage().nbytes()
+                  for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            # an input's memory (a view, an in-place op) is not a new allocation
-            if isinstance(t, torch.Tensor) and storage_id(t) not in inputs:
-                self._track(t.untyped_storage(), str(func))
+            if not isinstance(t, torch.Tensor):
+                continue
+            s, size = t.untyped_storage(), before.get(storage_id(t))
+            # an input's memory (a view, an in-place op) is not a new allocation, unless the op
+            # grew it (resize_, an out= argument of the wrong size)
+            if size is None or id(s) not in self._live and s.nbytes() != size:
+                self._track(s, str(func))
+            elif id(s) in self._live and self._live[id(s)][0] != s.nbytes():
+                old, op, origin = self._live[id(s)]
+                self._live[id(s)] = (s.nbytes(), op, origin)
+                self.now += s.nbytes() - old
         if self.now > self.peak:
             self.peak, self._at_peak = self.now, dict(self._live)
         return out

@@ -190,6 +190,13 @@ def test_memory_counters_edge_cases():
         a = m * 2
         b = a + m
     assert live.now == a.nbytes + b.nbytes == 2 * m.nbytes
+    with LiveBytes() as live:
+        a = torch.zeros(0)
+        torch.mul(torch.ones(100), 2, out=a)  # out= resized: a's memory grows from nothing
+        a.resize_(200)
+    assert live.now == a.nbytes == 800
+    del a
+    assert live.now == 0
     ref = weakref.ref(LiveBytes(existing=[m]))
     gc.collect()
     assert ref() is None
