@@ -158,6 +158,15 @@ def pool() -> PerStep:
     return PerStep(nn.AvgPool2d(2))
 
 
+class GlobalAvgPool(nn.Module):
+    """``[N, C, H, W] -> [N, C, 1, 1]``, the mean over each map. ``nn.AdaptiveAvgPool2d(1)``
+    computes the same, but its CUDA backward adds with atomics and differs from run to run,
+    which would break a resumed run's equality with an uninterrupted one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)
+
+
 # -- VGG -------------------------------------------------------------------------------------
 _VGG = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -237,7 +246,7 @@ def _resnet(stem: int, stages: Sequence[tuple[int, int, int]], head: Callable[[i
                 layers.append(rev_conv_layers(c, same, neuron, nkw, depth=2))
         else:
             layers += [BasicBlock(c, c, 1, neuron, nkw) for _ in range(same)]
-    layers.append(PerStep(nn.AdaptiveAvgPool2d(1)))
+    layers.append(PerStep(GlobalAvgPool()))
     return SpikingNet(RebuildSequential(*layers), head(c), T, 4)
 
 

@@ -126,6 +126,20 @@ def test_reversible_keeps_less():
     assert sizes[True] < 0.8 * sizes[False]
 
 
+def test_global_pool_is_the_adaptive_pool_without_its_cuda_atomics():
+    """The ResNets pool with a mean (AdaptiveAvgPool2d's CUDA backward is nondeterministic,
+    which a resumed run on a GPU would inherit) and get the same numbers."""
+    x = torch.randn(6, 10, 4, 4, requires_grad=True)
+    assert torch.equal(models.GlobalAvgPool()(x), torch.nn.AdaptiveAvgPool2d(1)(x))
+    (g,) = torch.autograd.grad(models.GlobalAvgPool()(x).square().sum(), x)
+    (ref,) = torch.autograd.grad(torch.nn.AdaptiveAvgPool2d(1)(x).square().sum(), x)
+    assert torch.allclose(g, ref, rtol=0, atol=1e-7)
+    for build in (models.spiking_resnet18, models.spiking_resnet19):
+        net = build(reversible=True)
+        assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in net.modules())
+        assert any(isinstance(m, models.GlobalAvgPool) for m in net.modules())
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="width=7 must be even for neuron='revlif'"):
         models.convnet8(width=7, neuron="revlif")
