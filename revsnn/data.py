@@ -127,11 +127,22 @@ def _dvs128(data_dir: Optional[str], T: int) -> Dataset:
                          "which is not installed (pip install tonic)") from e
     root = _need_dir(data_dir, "dvs128", "DVSGesture",
                      "fetch it once with tonic.datasets.DVSGesture(DIR)")
+
+    class DVSGesture(tonic.datasets.DVSGesture):  # tonic names its folder after the class
+        def download(self) -> None:
+            # tonic downloads whenever its check fails, and the check also wants the archive
+            # kept beside the extracted files
+            raise ValueError(
+                f"--dataset dvs128: tonic found no complete DVS128 Gesture in "
+                f"{os.path.join(root, 'DVSGesture')} (it needs {self.filename} and the "
+                f"extracted {self.folder_name}/). revsnn does not download data sets; fetch "
+                f"it once with tonic.datasets.DVSGesture(DIR)")
+
     size = tonic.datasets.DVSGesture.sensor_size
     to_frames = tonic.transforms.ToFrame(sensor_size=size, n_time_bins=T)
     splits = []
     for train in (True, False):
-        ds = tonic.datasets.DVSGesture(save_to=root, train=train, transform=to_frames)
+        ds = DVSGesture(save_to=root, train=train, transform=to_frames)
         xs, ys = [], []
         for frames, label in ds:
             f = torch.as_tensor(frames, dtype=torch.float32)  # [T, 2, 128, 128]

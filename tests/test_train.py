@@ -87,10 +87,17 @@ def test_dvs128_through_tonic(tmp_path, monkeypatch):
 
     class DVSGesture:
         sensor_size = (128, 128, 2)
+        complete = True  # as tonic: a check that fails calls download()
+        filename, folder_name = "ibmGestureTrain.tar.gz", "ibmGestureTrain"
 
         def __init__(self, save_to, train, transform):
             assert save_to == str(tmp_path)
+            if not self.complete:
+                self.download()
             self.n, self.transform = (5 if train else 3), transform
+
+        def download(self):
+            raise AssertionError("downloaded")
 
         def __iter__(self):
             for i in range(self.n):
@@ -105,6 +112,9 @@ def test_dvs128_through_tonic(tmp_path, monkeypatch):
     assert float(ds.train.x[0, 0, 0, 0, 0]) == 16.0  # events summed over 4x4 pixels
     x, y = next(rdata.Loader(ds, "train", 4, 0, True).epoch(0))
     assert x.shape == (3, 4, 2, 32, 32)
+    DVSGesture.complete = False  # e.g. the archive deleted after extraction
+    with pytest.raises(ValueError, match="ibmGestureTrain.tar.gz.*does not download"):
+        rdata.load("dvs128", str(tmp_path), T=3)
 
 
 def test_cifar_path_with_a_stand_in(tmp_path, monkeypatch):
