@@ -7,7 +7,8 @@
   row-major order, ``[64, B, 1]``.
 * ``cifar10`` / ``cifar100``: torchvision's CIFAR in ``--data-dir`` (never downloaded here),
   normalised, random crop (padding 4) and horizontal flip for training.
-* ``dvs128``: DVS128 Gesture through ``tonic`` (if installed) in ``--data-dir``: events binned
+* ``dvs128``: DVS128 Gesture through ``tonic`` (if installed) in ``--data-dir`` as
+  ``tonic.datasets.DVSGesture(DIR)`` leaves it (archives and extracted folders): events binned
   into ``T`` frames, 2 polarities, summed down to 32x32, ``[T, B, 2, 32, 32]``.
 
 The loader draws each epoch's order from a generator seeded with ``(seed, epoch)`` alone, so a
