@@ -10,7 +10,8 @@
 # Diagnostics: host time per call of the reversible node's layers next to SpikingJelly's
 # Triton LIF (python -m bench.sweep --host), and where the peak memory of a ResNet-18 training
 # step goes (python -m bench.peak: also the op inside which the allocator peaked, and the
-# memory ops took and gave back, e.g. cuDNN workspaces).
+# memory ops took and gave back, e.g. cuDNN workspaces; then the reversible step again with the
+# allocator capped at 1536 MiB).
 #
 # Needs only python3 with torch, triton, numpy and pytest (torch 2.11 / triton 3.6 or newer).
 # Results: bench/results/gpu/<section>/*.csv|.md|.png, a log per step in bench/results/gpu/,
@@ -50,7 +51,7 @@ while [ $# -gt 0 ]; do
         --no-tests) TESTS_ON=0 ;;
         --diag) DIAG=1 ;;
         --only) shift; SECTIONS=$(echo "${1:-}" | tr ',' ' ') ;;
-        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (use --full, --diag, --no-tests, --only SECTIONS or" \
                 "--help)" >&2
            exit 2 ;;
@@ -213,6 +214,10 @@ if [ "$DIAG" = 1 ] && [ "$GPU" = 1 ]; then
     run_step host-time "${BENCH_TIMEOUT:-60}" "$PY" -m bench.sweep --host
     run_step peak-memory "${BENCH_TIMEOUT:-90}" "$PY" -m bench.peak --model resnet18 --T 16 \
         --batch 32
+    # 1536 MiB is a third of SpikingJelly's measured peak (4736 MiB): does the reversible step
+    # fit there once cuDNN has to pick convolution algorithms with smaller workspaces?
+    run_step peak-capped "${BENCH_TIMEOUT:-90}" "$PY" -m bench.peak --model resnet18 --T 16 \
+        --batch 32 --variant revlif-rev --cap-mib 1536
 fi
 
 # -- 5. summary last --------------------------------------------------------------------------

@@ -25,6 +25,10 @@ model was built (on CUDA; on CPU, above what was live when the step began).
   around every op (``OpAllocator``): the op inside which the allocator's count was highest,
   that count taken apart (tensors counted, memory the op took and gave back, memory outside
   the tensors counted), and the ops that took the most memory and gave it back.
+
+``--cap-mib N`` (CUDA) caps the process's allocator at N MiB: whether the step fits a budget
+when cuDNN must take convolution algorithms with smaller workspaces (PyTorch tries the next
+algorithm when a workspace does not fit), and its peak then.
 """
 from __future__ import annotations
 
@@ -297,8 +301,22 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=12, help="origins listed at the peak")
     p.add_argument("--tensors", action="store_true",
                    help="only the count over tensors (not the allocator's)")
+    p.add_argument("--cap-mib", type=float, default=None,
+                   help="CUDA: cap this process's allocator at this many MiB "
+                        "(torch.cuda.set_per_process_memory_fraction). A step that does not fit "
+                        "is reported as such; cuDNN takes convolution algorithms whose "
+                        "workspaces fit under the cap")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
+    cap = ""
+    if args.cap_mib is not None:
+        if not cuda:
+            p.error("--cap-mib needs CUDA: it caps the CUDA caching allocator")
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        if not 0 < args.cap_mib * MIB <= total:
+            p.error(f"--cap-mib must be in (0, {total / MIB:.0f}], got {args.cap_mib}")
+        torch.cuda.set_per_process_memory_fraction(args.cap_mib * MIB / total)
+        cap = f", allocator capped at {args.cap_mib:.0f} MiB"
     if not cuda:
         torch.set_num_threads(1)
     for variant in args.variant or ["sj", "revlif", "revlif-rev"]:
@@ -310,7 +328,12 @@ def main(argv=None) -> int:
         except Missing as e:
             print(f"\n## {what}: missing ({e})")
             continue
-        print(f"\n## {what}, {'CUDA' if cuda else 'CPU'}\n")
+        except torch.cuda.OutOfMemoryError:
+            if not cap:
+                raise
+            print(f"\n## {what}: does not fit{cap}")
+            continue
+        print(f"\n## {what}, {'CUDA' if cuda else 'CPU'}{cap}\n")
         if r is not None:
             _print_allocator(r, cuda, args.top)
             print()

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 import weakref
 from pathlib import Path
 
@@ -354,6 +355,34 @@ def test_peak_cuda_path_with_the_allocator_calls_replaced(monkeypatch):
     assert r["live"] == {"revsnn/nn/blocks.py:7 invert": 3 << 20,
                          "(no Python frame of revsnn, bench or torch.nn)": 1 << 20}
     assert calls[-1] == dict(enabled=None)  # recording switched off again
+
+
+def test_peak_cap_with_the_cuda_calls_replaced(monkeypatch, capsys):
+    """--cap-mib sets the allocator's fraction of the card and reports a step that does not
+    fit instead of failing; without CUDA it is an argument error."""
+    with pytest.raises(SystemExit):
+        peak.main(["--cap-mib", "100"])
+    assert "--cap-mib needs CUDA" in capsys.readouterr().err
+    fraction = []
+    card = types.SimpleNamespace(total_memory=8000 << 20)
+    for name, fn in dict(is_available=lambda: True, current_device=lambda: 0,
+                         get_device_properties=lambda i: card,
+                         set_per_process_memory_fraction=fraction.append).items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+
+    def oom(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(peak, "cuda_peak", oom)
+    assert peak.main(["--variant", "revlif-rev", "--cap-mib", "2000"]) == 0
+    assert fraction == [0.25]
+    out = capsys.readouterr().out
+    assert ("resnet18 revlif-rev, T = 16, batch 32: does not fit, allocator capped at 2000 MiB"
+            in out)
+    with pytest.raises(SystemExit):
+        peak.main(["--cap-mib", "9000"])
+    assert "--cap-mib must be in (0, 8000]" in capsys.readouterr().err
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # without a cap an OOM is an error
+        peak.main(["--variant", "revlif-rev"])
 
 
 def test_csv_keeps_full_precision_markdown_rounds(tmp_path):
