@@ -266,12 +266,37 @@ def test_chain_forward_leaves_the_neurons_checks_to_its_backward():
     rev = chain(2)
     x = make_x((3, 2, 8, 3, 3))
     y = rev(x.clone().requires_grad_())
-    assert all(m._unchecked is None for m in neurons(rev))
+    assert all(len(m._unchecked) == 0 for m in neurons(rev))
     y.sum().backward()
     reset_neurons(rev)
     with torch.no_grad():
         rev(x)
-    assert all(m._unchecked is not None for m in neurons(rev))
+    assert all(len(m._unchecked) == 1 for m in neurons(rev))
+
+
+def test_flagged_call_stays_pending_through_a_chain_backward():
+    """A flagged no-grad call between a recorded chain forward and its backward raises at the
+    layers' next reset: the backward's reruns put the recorded calls' states into the neurons
+    for a while, and must not drop the pending check of the states they put back."""
+    torch.manual_seed(0)
+    net = RevSequential(*[RevBlock(
+        nn.Sequential(nn.Linear(4, 4), revsnn.RevLIF(dim=-1, backend="torch")),
+        nn.Sequential(nn.Linear(4, 4), revsnn.RevLIF(dim=-1, backend="torch")), dim=-1)
+        for _ in range(2)])
+    good = make_x((3, 2, 8))
+    bad = good.clone()
+    bad[0, 0, 0] = float("nan")
+    y = net(good.clone().requires_grad_())
+    with torch.no_grad():
+        net(bad)  # flagged; no backward will check it
+    states = [m.state for m in neurons(net)]
+    pending = [len(m._unchecked) for m in neurons(net)]
+    assert pending == [1, 1, 1, 1]
+    y.sum().backward()  # reruns every recorded call from the state it started from
+    assert [m.state for m in neurons(net)] == states
+    assert [len(m._unchecked) for m in neurons(net)] == pending
+    with pytest.raises(ValueError, match="flagged"):
+        reset_neurons(net)
 
 
 def test_double_backward_raises():

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .._config import V_PARAM_MAX, Param, check_param_values
 from .._readback import Readback
@@ -56,16 +57,21 @@ class RevLIF(nn.Module):
                            detach_reset=detach_reset, dim=dim, backward=backward,
                            keep_stash=keep_stash, validate=validate, backend=backend)
         self.state: Optional[RevLIFState] = None
-        self._unchecked: Optional[tuple[Readback, RevLIFState]] = None
+        # state.v_fixed -> Readback of its smallest word, for the states of calls that no
+        # backward checks; an entry goes with its state
+        self._unchecked = WeakIdKeyDictionary()
 
     def _check_earlier_call(self) -> None:
-        """Raise if the last call that no backward will check was flagged, while its state is
-        still the layer's (reversible blocks put other states in for their recomputations:
-        those calls are checked by their own backwards)."""
-        pending, self._unchecked = self._unchecked, None
-        if pending is not None and pending[1] is self.state:
-            pending[1].check("RevLIF (an earlier call, not recorded by autograd)",
-                             pending[0].value())
+        """Raise if the layer's state comes from a call that no backward checks and that call
+        was flagged. The pending readback is filed under the state's tensor, not the layer:
+        reversible blocks put other states in for their recomputations and inverses (whose
+        calls are checked otherwise) and the layer's own state back after them."""
+        if self.state is None:
+            return
+        pending = self._unchecked.pop(self.state.v_fixed, None)
+        if pending is not None:
+            self.state.check("RevLIF (an earlier call, not recorded by autograd)",
+                             pending.value())
 
     def reset(self) -> None:
         """Forget the state: the next call starts from zero potentials. Raises ValueError if
@@ -79,11 +85,15 @@ class RevLIF(nn.Module):
     def __getstate__(self) -> dict:
         # a copy (deepcopy, pickle, torch.save) starts with nothing pending: the CUDA event
         # of a Readback cannot be copied, and the original still checks its own calls
-        return dict(super().__getstate__(), _unchecked=None)
+        return {k: v for k, v in super().__getstate__().items() if k != "_unchecked"}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._unchecked = WeakIdKeyDictionary()
 
     def _replicate_for_data_parallel(self) -> "RevLIF":
         replica = super()._replicate_for_data_parallel()
-        replica._unchecked = None
+        replica._unchecked = WeakIdKeyDictionary()
         return replica
 
     @property
@@ -112,7 +122,7 @@ class RevLIF(nn.Module):
                                   **self.kwargs)
         if not (compiling or y.requires_grad or self.kwargs["validate"]
                 or CHECKED_LATER.get()) and self.state.v_fixed.numel():
-            self._unchecked = (Readback(self.state.v_fixed.amin()), self.state)
+            self._unchecked[self.state.v_fixed] = Readback(self.state.v_fixed.amin())
         return y
 
     def inverse(self, y: torch.Tensor, state: RevLIFState) -> tuple[torch.Tensor, RevLIFState]:
