@@ -419,3 +419,43 @@ def test_csv_cells_of_numpy_floats_are_plain_numbers(tmp_path):
     from bench.common import Table
     Table(tmp_path, "t", "title", ["a"], {}).add(a=np.float64(0.25))
     assert read_csv(tmp_path, "t")[1] == [{"a": "0.25"}]
+
+
+def test_live_bytes_existing_views_count_their_storage_once():
+    x = torch.randn(1000)
+    live = LiveBytes(existing=[x, x[:10], x.view(10, 100)])
+    assert live.now == x.nbytes
+
+
+def test_live_bytes_views_and_in_place_of_older_tensors_are_not_allocations():
+    x = torch.randn(1000)  # made before the block, not declared existing
+    with LiveBytes() as live:
+        v = x.view(10, 100)
+        x.mul_(2)
+        v.add_(1)
+    assert live.now == 0 and live.peak == 0
+
+
+def test_kept_by_role_counts_the_input_once():
+    from bench.common import kept_by_role
+    x = torch.randn(6, 5, requires_grad=True)
+    _, kept = kept_by_role(lambda t: t * t.exp(), x)  # saves x and exp(x); not its output
+    assert kept == dict(input=x.nbytes, output=0, other=x.nbytes)
+
+
+def test_bench_memory_fixed_bytes_is_the_intercept():
+    from bench.memory import measure
+    c = torch.randn(5, requires_grad=True)  # saved once per call: 20 fixed bytes
+    row = measure(lambda x: x * c, torch.device("cpu"), torch.float32, T=4)
+    assert row["input_B_per_neuron"] == 4 * 4 and row["other_B_per_neuron"] == 0
+    assert row["fixed_bytes"] == c.nbytes
+
+
+def test_scaling_fit_residual_is_relative(tmp_path):
+    from bench.common import Context, linear_fit
+    ctx = Context(tmp_path, {}, torch.device("cpu"), "tiny")
+    xs, ys = [1.0, 2.0, 3.0], [10.0, 20.0, 40.0]
+    ctx.fit("s", "q", "subject", "condition", "unit", xs, ys)
+    slope, icpt = linear_fit(xs, ys)
+    want = max(abs(slope * x + icpt - y) / y for x, y in zip(xs, ys))
+    assert ctx.scaling.rows[-1]["max_rel_residual"] == pytest.approx(want)

@@ -2,6 +2,7 @@
 (neurons, BatchNorm, dropout) replayed faithfully, memory flat in depth, errors."""
 import contextlib
 import copy
+import gc
 import math
 import weakref
 
@@ -694,3 +695,143 @@ def test_bad_arguments():
         RevSequential(nn.Identity())
     with pytest.raises(TypeError, match="nn.Module"):
         RevBlock(lambda t: t, nn.Identity())
+
+
+class _Zero(nn.Module):
+    def forward(self, h):
+        return h * 0
+
+
+class _Minus100(nn.Module):
+    def forward(self, h):
+        return h * 0 - 100
+
+
+def test_block_input_second_half_out_of_range_raises():
+    """The range check covers both halves of the chain's input, not only outputs: here the
+    second input half is 300 (>= 256) while every block output stays below 256."""
+    net = RevSequential(RevBlock(_Zero(), _Minus100(), dim=-1))
+    x = torch.zeros(2, 1, 4)
+    x[..., 2:] = 300.0
+    x.requires_grad_()
+    y = net(x)
+    assert y.abs().max() < 256  # only the input is out of range
+    with pytest.raises(ValueError, match=r"\|value\| < 256"):
+        y.sum().backward()
+
+
+def test_chain_input_without_grad_still_keeps_only_the_output():
+    """A chain with parameters records its one autograd node even when its input needs no
+    gradient (the first layers of a network): flat memory, not plain autograd's."""
+    x = make_x((4, 2, 8, 4, 4))  # requires_grad False
+    net = chain(4)
+    with KeptBytes() as kept:
+        y = net(x)
+    assert y.requires_grad
+    assert kept.bytes(exclude={storage_id(p) for p in net.parameters()}) == y.nbytes
+
+
+def _grads_rev_vs_plain(rev, x):
+    plain = copy.deepcopy(rev)  # deepcopy keeps the parameter sharing
+    plain.reversible = False
+    out = {}
+    for name, net in (("rev", rev), ("plain", plain)):
+        xr = x.clone().requires_grad_()
+        weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
+        (net(xr) * weight).sum().backward()
+        out[name] = (xr.grad, [p.grad for p in net.parameters()])
+    (gx_a, gp_a), (gx_b, gp_b) = out.values()
+    assert_close_rel(gx_a, gx_b)
+    assert len(gp_a) == len(gp_b) > 0
+    for a, b in zip(gp_a, gp_b):
+        assert a is not None and b is not None
+        assert_close_rel(a, b)
+
+
+def test_parameter_shared_by_two_blocks_gets_both_gradients():
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    rev = RevSequential(RevBlock(shared, nn.Linear(4, 4), dim=-1),
+                        RevBlock(shared, nn.Linear(4, 4), dim=-1))
+    _grads_rev_vs_plain(rev, make_x((3, 2, 8), scale=0.5))
+
+
+def test_parameter_shared_by_f_and_g_gets_both_gradients():
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    rev = RevSequential(RevBlock(shared, shared, dim=-1))
+    _grads_rev_vs_plain(rev, make_x((3, 2, 8), scale=0.5))
+
+
+def test_inverse_leaves_the_neuron_states_as_they_were():
+    for kind in ("revlif", "lif"):
+        net = chain(2, kind=kind)
+        x = make_x((4, 3, 8, 5, 5))
+        with torch.no_grad():
+            y = net(x)
+        reset_neurons(net)
+        before = [(m.state if kind == "revlif" else m.v) for m in neurons(net)]
+        net.inverse(y)
+        after = [(m.state if kind == "revlif" else m.v) for m in neurons(net)]
+        assert len(before) == 4 and all(a is b for a, b in zip(before, after)), kind
+
+
+def test_chain_forward_never_backpropagated_frees_its_output():
+    """A recorded chain's output (which its node keeps for the backward) is freed as soon as
+    the output is dropped when no backward ever runs: no reference cycle output -> node ->
+    output, which only a later garbage-collector pass (not the device's memory pressure)
+    would break."""
+    net = chain(1)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        y = net(make_x((3, 2, 8, 3, 3)).requires_grad_())
+        ref = weakref.ref(y.untyped_storage())
+        del y
+        assert ref() is None  # by reference counting, without gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _ReluFloorInPlace(nn.Module):
+    """relu saves its output, which floor_ then changes in place before the layer returns (on
+    the blocks' grid, so that the chain could rebuild it)."""
+
+    def forward(self, x):
+        return torch.relu(x).floor_()
+
+
+class _Scale(nn.Module):
+    """x * w saves x (not its output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return x * self.w
+
+
+@pytest.mark.parametrize("kind", [nn.Sequential, RebuildSequential])
+def test_rebuild_sequential_in_place_check_on_the_output_memory(kind):
+    """Autograd's in-place check kept for a tensor saved in the memory of the output that
+    goes to the chain, modified before the layer returned."""
+    torch.manual_seed(0)
+    net = kind(_ReluFloorInPlace(), chain(1))
+    y = net(make_x((3, 2, 8, 3, 3)).requires_grad_())
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("kind", [nn.Sequential, RebuildSequential])
+def test_rebuild_sequential_in_place_check_after_the_forward(kind):
+    """... and for a tensor the layer before the chain saved outside its output (its input),
+    modified after the forward."""
+    torch.manual_seed(0)
+    net = kind(_Scale(), chain(1))
+    x = make_x((3, 2, 8, 3, 3))
+    y = net(x)
+    x.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

@@ -14,6 +14,7 @@ import revsnn
 from revsnn.convert import (SNNTORCH_SUBTRACT, ConversionReport, SnnTorchLeaky,
                             SpikingJellyNode, multistep)
 from revsnn.memory import KeptBytes
+from revsnn.nn import reset_neurons
 
 from .test_parity import (assert_close_rel, needs_norse, needs_sj, needs_snn, norse, rand, sj,
                           snn)
@@ -520,3 +521,85 @@ def test_snntorch_adapter_signature():
                                           surrogate="atan", surrogate_alpha=2.0,
                                           detach_reset=True)
     assert torch.equal(torch.stack(spikes), y_all) and torch.equal(mem, st.v)
+
+
+@needs_sj
+def test_convert_invalidates_spikingjelly_reset_cache():
+    """reset_net caches a net's resettable modules: after convert it must reset the new ones."""
+    model = nn.Sequential(sj.layer.Linear(4, 4), sj.neuron.LIFNode(tau=2.0, step_mode="m"))
+    sj.functional.reset_net(model)  # fills SpikingJelly's cache with the LIFNode
+    old = model[1]  # still referenced elsewhere: the cache entry stays alive
+    revsnn.convert(model, to="lif", backend="torch")
+    assert model[1] is not old
+    model(torch.randn(3, 2, 4))
+    assert model[1].v is not None
+    sj.functional.reset_net(model)
+    assert model[1].v is None
+
+
+@needs_snn
+def test_multistep_leaves_the_step_adapters_stepping():
+    """After multistep, the same model runs one step at a time again as before."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), snn.Leaky(beta=0.8, init_hidden=True,
+                                                     reset_mechanism="zero"))
+    revsnn.convert(model, to="lif", backend="torch")
+    x = torch.randn(4, 2, 4) * 2
+
+    def loop():
+        reset_neurons(model)
+        return torch.stack([model(xt) for xt in x])
+    before = loop()
+    assert before.sum() > 0
+    seq = multistep(model, x)
+    assert torch.equal(seq, before)
+    assert torch.equal(loop(), before)
+
+
+@needs_snn
+def test_snntorch_learned_beta_above_one_is_clamped_as_snntorch_does():
+    """snnTorch clamps beta to [0, 1] at every step: a learnable beta pushed above 1 acts as
+    1 (no leak), not as a growing potential."""
+    torch.manual_seed(0)
+    original = snn.Leaky(beta=1.25, learn_beta=True, reset_mechanism="zero", threshold=2.0)
+    model = nn.Sequential(original)
+    report = revsnn.convert(model, to="lif", backend="torch")
+    assert len(report.replaced) == 1
+    x = torch.rand(8, 3, 5) * 0.6
+    outs = []
+    for node in (original, model[0]):
+        mem = node.init_leaky()
+        spikes = []
+        for xt in x:
+            spk, mem = node(xt, mem)
+            spikes.append(spk)
+        outs.append(torch.stack(spikes))
+    assert outs[0].sum() > 0
+    assert torch.equal(outs[0], outs[1])
+
+
+@needs_norse
+def test_norse_lif_state_handed_back_continues_the_sequence():
+    """``z, s = lif(x1); lif(x2, s)`` continues from s (to="lif": a float potential [B, *])."""
+    p = norse.LIFParameters(tau_syn_inv=torch.tensor(1000.0), tau_mem_inv=torch.tensor(250.0),
+                            v_th=torch.tensor(0.5), method="tanh", alpha=torch.tensor(2.0))
+    model = nn.Sequential(norse.LIF(p))
+    report = revsnn.convert(model, to="lif", backend="torch")
+    assert len(report.replaced) == 1
+    lif = model[0]
+    x = torch.rand(8, 2, 6) * 1.5
+    whole, _ = lif(x)
+    z1, s = lif(x[:4])
+    z2, _ = lif(x[4:], s)
+    assert whole.sum() > 0
+    assert torch.equal(torch.cat([z1, z2]), whole)
+
+
+@needs_norse
+def test_norse_value_reset_needs_v_leak_equal_v_reset():
+    p = norse.LIFBoxParameters(tau_mem_inv=torch.tensor(0.5), v_leak=torch.tensor(0.0),
+                               v_reset=torch.tensor(0.5), method="tanh",
+                               alpha=torch.tensor(2.0))
+    report = revsnn.convert(nn.Sequential(norse.LIFBoxCell(p, dt=1.0)), to="lif")
+    assert not report.replaced
+    assert "v_leak=0.0 != v_reset=0.5" in report.left[0].reason

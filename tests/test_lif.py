@@ -402,3 +402,9 @@ def test_learnable_parameters_train(backend):
         opt.step()
     assert loss_fn().item() < 0.1 * first
     assert (node.tau > 1).all() and not torch.equal(node.tau, torch.full_like(node.tau, 3.0))
+
+
+def test_lif_learn_tau_makes_a_tensor_a_parameter():
+    m = revsnn.LIF(tau=torch.tensor([2.0, 3.0]), learn_tau=True, channels=2, backend="torch")
+    assert isinstance(m.tau, torch.nn.Parameter)
+    assert "tau" in dict(m.named_parameters())

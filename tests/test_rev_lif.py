@@ -817,3 +817,45 @@ def test_kernel_constants_are_the_configs():
     assert k.V_MAX.value == V_MAX and k.POISON_LIMIT.value == POISON_LIMIT
     assert k.V_PARAM_MAX.value == V_PARAM_MAX and k.INPUT_LIMIT.value == 1 << INPUT_BITS
     assert "tau or v_threshold" in ERROR_CODES[k.BAD_PARAM.value]
+
+
+def test_rev_lif_layer_no_grad_empty_batch():
+    layer = revsnn.RevLIF(backend="torch")
+    with torch.no_grad():
+        for _ in range(2):
+            assert layer(torch.zeros(3, 0, 4)).shape == (3, 0, 4)
+    layer.reset()
+
+
+@pytest.mark.parametrize("node", ["rev_lif", "lif"])
+@pytest.mark.parametrize("alpha", [0.0, float("inf")])
+def test_surrogate_alpha_zero_or_inf_rejected(node, alpha):
+    fn = getattr(revsnn.functional, node)
+    with pytest.raises(ValueError, match="surrogate_alpha"):
+        fn(torch.zeros(2, 1, 2), surrogate_alpha=alpha, backend="torch")
+
+
+def test_per_channel_param_must_be_one_dimensional():
+    x = torch.zeros(2, 1, 4)
+    for shape in ((4, 1), (2, 2), (1, 1)):
+        with pytest.raises(ValueError, match="shape"):
+            revsnn.functional.rev_lif(x, tau=torch.full(shape, 2.0), backend="torch")
+
+
+def test_inverse_with_scalar_tau_of_a_per_channel_forward():
+    """Made does not compare a per-channel tau with a number (documented): the inverse of a
+    forward with a constant [C] tensor runs with the plain number."""
+    from revsnn.functional import rev_lif, rev_lif_inverse
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 6, 3, generator=g)
+    y, st = rev_lif(x, tau=torch.full((6,), 2.0), keep_stash=True, backend="torch")
+    xr, _ = rev_lif_inverse(y, st, tau=2.0, backend="torch")
+    xt, _ = rev_lif_inverse(y, st, tau=torch.full((6,), 2.0), backend="torch")
+    assert torch.equal(xr, xt)
+
+
+def test_error_message_counts_neuron_pairs():
+    x = torch.zeros(2, 1, 2)  # one neuron pair
+    x[0, 0, 0] = float("nan")
+    _, st = revsnn.functional.rev_lif(x, backend="torch")
+    assert st.error().startswith("1 neuron pair(s) flagged")

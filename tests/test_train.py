@@ -326,3 +326,33 @@ def test_cli_entry_point_and_torchrun(tmp_path):
 def test_compile_runs():
     out, _ = run(["--compile", "--epochs", "1", "--reversible"] + TINY)
     assert torch.isfinite(torch.tensor(out["history"][0]["loss"]))
+
+
+def _ids_dataset(n):
+    """Samples whose label is their index."""
+    ids = torch.arange(n)
+    split = rdata.Split(ids.float().view(n, 1), ids)
+    return rdata.Dataset("ids", split, split, n, time_first=False, augment=False)
+
+
+def _ids(loader):
+    return torch.cat([y for _, y in loader.epoch(0)]).tolist()
+
+
+def test_loader_shards_train_padded_and_eval_once():
+    ds = _ids_dataset(10)
+    train = [rdata.Loader(ds, "train", 3, 1, True, r, 3) for r in range(3)]
+    parts = [_ids(ld) for ld in train]
+    assert [len(p) for p in parts] == [4, 4, 4]  # 10 padded to 12 by wrapping around
+    assert set(sum(parts, [])) == set(range(10))
+    assert all(len(ld) == 2 == len(list(ld.epoch(0))) for ld in train)
+    evals = [_ids(rdata.Loader(ds, "test", 3, 1, False, r, 3)) for r in range(3)]
+    assert evals == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]  # in order, each sample once
+
+
+def test_crop_flip_flips_horizontally():
+    x = torch.randn(16, 2, 5, 7)
+    out = rdata._crop_flip(x, torch.Generator().manual_seed(0), pad=0)
+    flipped = [torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)]
+    kept = [torch.equal(o, xi) for o, xi in zip(out, x)]
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
