@@ -142,9 +142,9 @@ class RevLIFConfig(_NeuronOptions):
         if not isinstance(tau, torch.Tensor):
             _check_scalar(tau, "tau", 1.0, math.inf, allow_inf=True)
         if not isinstance(v_threshold, torch.Tensor):
-            _check_scalar(v_threshold, "v_threshold", -V_PARAM_MAX, V_PARAM_MAX)
+            _check_scalar(v_threshold, "v_threshold", -V_PARAM_MAX, V_PARAM_MAX, lo_open=False)
         if v_reset is not None:
-            _check_scalar(v_reset, "v_reset", -V_PARAM_MAX, V_PARAM_MAX)
+            _check_scalar(v_reset, "v_reset", -V_PARAM_MAX, V_PARAM_MAX, lo_open=False)
         _pow2_exponent(alpha, "alpha", -2, 2)
         _pow2_exponent(beta1, "beta1", -8, 0)
         _pow2_exponent(beta2, "beta2", -8, 0)
@@ -203,21 +203,25 @@ class RevLIFConfig(_NeuronOptions):
         return -(-T // spw) if spw else 0
 
 
-def _check_scalar(v, name: str, lo: float, hi: float, allow_inf: bool = False) -> None:
+def _check_scalar(v, name: str, lo: float, hi: float, allow_inf: bool = False,
+                  lo_open: bool = True) -> None:
+    """``v`` in ``(lo, hi]`` (``[lo, hi]`` when not ``lo_open``)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         raise TypeError(f"{name} must be a float or a per-channel tensor, got {type(v).__name__}")
-    if math.isnan(v) or (math.isinf(v) and not allow_inf) or not lo < v <= hi:
-        where = f"> {lo}" if math.isinf(hi) else f"in ({lo}, {hi}]"
+    if (math.isnan(v) or (math.isinf(v) and not allow_inf)
+            or not (lo < v if lo_open else lo <= v) or not v <= hi):
+        where = (f"> {lo}" if math.isinf(hi)
+                 else f"in {'(' if lo_open else '['}{lo}, {hi}]")
         raise ValueError(f"{name} must be finite and {where}"
                          + (" (or math.inf)" if allow_inf else "") + f", got {v}")
 
 
 def check_param_values(t: torch.Tensor, name: str, lo: float, hi: float,
-                       allow_inf: bool = False) -> None:
+                       allow_inf: bool = False, lo_open: bool = True) -> None:
     """Every value of a tensor tau or v_threshold, checked as a number would be. Reads the
     tensor on the host: for the layers' constructors, not for every call."""
     for v in t.detach().reshape(-1).tolist():
-        _check_scalar(v, name, lo, hi, allow_inf)
+        _check_scalar(v, name, lo, hi, allow_inf, lo_open)
 
 
 @functools.lru_cache(maxsize=256)

@@ -48,6 +48,14 @@ def assert_same_through_dispatcher(run, ops) -> None:
         assert torch.equal(a, b)
 
 
+def dyadic(shape, seed, bits=4, lo=-1.0, hi=1.0):
+    """Uniform values on a 2**-bits grid in [lo, hi] (CPU): sums of few of them stay exact, so
+    two orders of the same arithmetic (or fixed and real-valued maths) give the same numbers."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(shape, generator=g) * (hi - lo) + lo
+    return torch.round(u * 2 ** bits) / 2 ** bits
+
+
 def assert_close_rel(a, b, rel=1e-5):
     """max |a - b| <= rel * max |b|: a relative bound that tiny gradients cannot dodge."""
     err = (a.double() - b.double()).abs().max().item()

@@ -408,3 +408,46 @@ def test_lif_learn_tau_makes_a_tensor_a_parameter():
     m = revsnn.LIF(tau=torch.tensor([2.0, 3.0]), learn_tau=True, channels=2, backend="torch")
     assert isinstance(m.tau, torch.nn.Parameter)
     assert "tau" in dict(m.named_parameters())
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_lif_gradient_when_h_equals_threshold(backend, v_reset):
+    """H == v_threshold fires, in the backward too: with hard reset dV/dH = 1 - S = 0 there;
+    with soft reset S enters dL/dv_threshold. x = 2, tau = 2 from V = 0 gives H = 1 exactly
+    at every step for the first neurons."""
+    T, N = 5, 7
+    x = torch.full((T, 3, N), 2.0, device=DEVICE)
+    x[:, :, 4:] = torch.tensor([0.5, 1.5, 3.0], device=DEVICE)
+    x.requires_grad_()
+    v0 = torch.zeros(3, N, device=DEVICE, requires_grad=True)
+    vth = torch.tensor([1.0], device=DEVICE, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    gs = torch.randn(x.shape, generator=g).to(DEVICE)
+    gv = torch.randn(v0.shape, generator=g).to(DEVICE)
+    kw = dict(tau=2.0, v_threshold=vth, v_reset=v_reset)
+    out = []
+    for fn in (lambda *a, **k: lif(*a, backend=backend, **k), lif_bptt):
+        s, v = fn(x, v0, **kw)
+        loss = (s.double() * gs.double()).sum() + (v.double() * gv.double()).sum()
+        out.append((s.double(), torch.autograd.grad(loss, (x, v0, vth))))
+    assert torch.equal(out[0][0], out[1][0]) and out[0][0][:, :, 0].eq(1).all()
+    for a, b in zip(out[0][1], out[1][1]):
+        assert_close_rel(a, b)
+
+
+def test_lif_per_channel_tau_with_one_element_threshold(backend):
+    """A per-channel tau (read per neuron) with a one-element learnable v_threshold (its
+    gradient summed over each program's lanes, masked ones included) on a size that leaves
+    masked lanes: the masked lanes' stand-in tau must keep their terms zero (not NaN)."""
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(6, 2, 5, 37, generator=g) * 1.5 + 0.5).to(DEVICE).requires_grad_()
+    tau = torch.tensor([1.5, 2.0, 3.0, 4.5, 9.0], device=DEVICE, requires_grad=True)
+    vth = torch.tensor([0.7], device=DEVICE, requires_grad=True)
+    gs = torch.randn(x.shape, generator=g).to(DEVICE)
+    res = []
+    for fn in (lambda *a, **k: lif(*a, backend=backend, **k), lif_bptt):
+        s, _ = fn(x, tau=tau, v_threshold=vth)
+        res.append(torch.autograd.grad((s.double() * gs.double()).sum(), (x, tau, vth)))
+    for a, b in zip(*res):
+        assert torch.isfinite(a).all()
+        assert_close_rel(a, b, 2e-4)

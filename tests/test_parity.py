@@ -11,7 +11,7 @@ import torch
 
 import revsnn
 
-from .conftest import HAS_CUDA, INTERPRET, assert_close_rel
+from .conftest import HAS_CUDA, INTERPRET, assert_close_rel, dyadic
 
 INSTALL = ".venv/bin/pip install --no-deps -r requirements-peers.txt"
 
@@ -282,15 +282,6 @@ def test_lif_matches_snntorch_zero_reset(T, beta, threshold, reset_delay, surrog
     out = run_pair(rev_for_snntorch(beta, threshold, "zero", surrogate, reset_delay), x, v0,
                    gs, gv)
     assert_exact(out, spk, after, g_ref)
-
-
-def dyadic(shape, seed, bits=4, lo=-1.0, hi=1.0):
-    """Uniform values on a 2**-bits grid: with beta = 1/2 and a threshold on a 2**-6 grid every
-    sum below stays exact in float32 for 16 steps, so two orders of the same arithmetic give the
-    same floats."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(shape, generator=g) * (hi - lo) + lo
-    return torch.round(u * 2 ** bits) / 2 ** bits
 
 
 @needs_snn

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import revsnn
-from revsnn._config import POISON_LIMIT, RevLIFConfig, grid_for
+from revsnn._config import F_BITS, POISON_LIMIT, V_MAX, RevLIFConfig, grid_for
 from revsnn.functional import lif, rev_lif, rev_lif_inverse
 from revsnn.reference import rev_lif_float64, rev_lif_int
 from revsnn._readback import Readback
@@ -17,7 +17,8 @@ from revsnn.ops import rev_lif as rev_lif_op
 from revsnn.ops._dispatch import direct
 from revsnn.state import RevLIFState
 
-from .conftest import DEVICE, SeenOps, assert_close_rel, assert_same_through_dispatcher
+from .conftest import (DEVICE, SeenOps, assert_close_rel, assert_same_through_dispatcher,
+                       dyadic)
 
 NODE_OPTIONS = {
     "hard": {},
@@ -859,3 +860,213 @@ def test_error_message_counts_neuron_pairs():
     x[0, 0, 0] = float("nan")
     _, st = revsnn.functional.rev_lif(x, backend="torch")
     assert st.error().startswith("1 neuron pair(s) flagged")
+
+
+# -- the reversible node on dyadic inputs: exact, ties at the threshold included ------------------
+def real_rev_lif(x, v0, tau, v_threshold, v_reset, decay_input, alpha, beta1, beta2):
+    """The node's real-valued equations (README), written out independently in float64.
+    x: [T, B, C, *]; v0: [B, C, *]. Returns y, the final potential and how many charged
+    potentials M landed exactly on v_threshold."""
+    h = x.shape[2] // 2
+    x = x.double()
+    v1, v2 = v0.double()[:, :h], v0.double()[:, h:]
+    vr = 0.0 if v_reset is None else v_reset
+    ties = 0
+
+    def charge(v, i):
+        if math.isinf(tau):
+            return v + i
+        if decay_input:
+            return v + (i - (v - vr)) / tau
+        return v - (v - vr) / tau + i
+
+    def fire(m):
+        nonlocal ties
+        ties += int((m == v_threshold).sum())
+        s = (m >= v_threshold).double()
+        u = torch.where(s > 0, vr, m) if v_reset is not None else m - v_threshold * s
+        return s, u
+
+    ys = []
+    for t in range(x.shape[0]):
+        x1, x2 = x[t, :, :h], x[t, :, h:]
+        s1, u1 = fire(charge(v1, x1))
+        y1 = s1 + alpha * x2
+        v1n = u1 + beta1 * v2
+        s2, u2 = fire(charge(v1n, y1))
+        y2 = s2 + alpha * x1
+        v2n = u2 + beta2 * v1
+        ys.append(torch.cat([y1, y2], dim=1))
+        v1, v2 = v1n, v2n
+    return torch.stack(ys), torch.cat([v1, v2], dim=1), ties
+
+
+DYADIC_OPTIONS = {
+    "hard": dict(),
+    "soft": dict(v_reset=None),
+    "no_decay_v_reset": dict(decay_input=False, v_reset=-0.25),
+    "vr_vth": dict(v_reset=-0.25, v_threshold=0.75),
+}
+
+
+@pytest.mark.parametrize("option", list(DYADIC_OPTIONS))
+@pytest.mark.parametrize("betas", [(-1.0, 1.0), (-0.5, 0.5)])
+def test_rev_lif_exact_on_dyadic_inputs_ties_fire(backend, option, betas):
+    """Where nothing rounds, the fixed-point node is the real-valued one exactly: y and the
+    final state equal independent float64 maths, and M == v_threshold (which happens many
+    times here) fires. Pins `>=` (not `>`) in the fixed-point fire/reset, and the v_reset term
+    of the charge without decay_input."""
+    kw = dict(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, alpha=1.0,
+              beta1=betas[0], beta2=betas[1])
+    kw.update(DYADIC_OPTIONS[option])
+    T, shape = (6, (6, 8, 8, 5)) if betas[0] == -1.0 else (5, (5, 8, 8, 5))
+    x = dyadic(shape, 1, bits=2, lo=-2, hi=3).to(DEVICE)
+    v0 = dyadic(shape[1:], 2, bits=2, lo=-1, hi=1).to(DEVICE)
+    y, st = rev_lif(x, v0, backend=backend, **kw)
+    y_ref, v_ref, ties = real_rev_lif(x.cpu(), v0.cpu(), **kw)
+    assert ties >= 5  # the comparison below covers M == v_threshold
+    assert st.error() is None
+    assert torch.equal(y.double().cpu(), y_ref)
+    assert torch.equal(st.v_fixed.double().cpu() * 2.0 ** -F_BITS, v_ref)
+
+
+@pytest.mark.parametrize("backward", ["fused", "recompute"])
+def test_rev_lif_gradient_with_ties_at_threshold(backend, backward):
+    """The gradient where M == v_threshold (a spike, hard reset: dU/dM = 1 - S = 0) matches
+    the ground truth on either backward; the recompute backward derives S from the saved M."""
+    x = dyadic((6, 4, 8, 5), 1, bits=2, lo=-2, hi=3).to(DEVICE).requires_grad_()
+    v0 = dyadic((4, 8, 5), 2, bits=2, lo=-1, hi=1).to(DEVICE)
+    g = torch.Generator().manual_seed(3)
+    gy = torch.randn(x.shape, generator=g).to(DEVICE)
+    kw = dict(beta1=-1.0, beta2=1.0)
+    y, _ = rev_lif(x, v0, backward=backward, backend=backend, **kw)
+    (gx,) = torch.autograd.grad(y, x, gy)
+    yr, _ = rev_lif_int(x, v0, **kw)
+    (gxr,) = torch.autograd.grad(yr, x, gy)
+    assert torch.equal(y, yr)
+    assert_close_rel(gx, gxr)
+
+
+# -- range checks at their boundaries ------------------------------------------------------------
+def test_rev_lif_parameter_range_boundaries(backend):
+    """tau must be > 1 (tau = 1 is flagged, as the host check rejects a float 1.0) and
+    |v_threshold| <= 64 (64 itself is valid, as the float 64.0 is)."""
+    x = dyadic((3, 2, 4, 3), 4, bits=2, lo=-2, hi=3).to(DEVICE)
+    ok = rev_lif(x, tau=torch.tensor([2.0, 1.0 + 2 ** -20, 3.0, 2.0], device=DEVICE),
+                 v_threshold=torch.tensor([64.0, 1.0, -63.5, 0.5], device=DEVICE),
+                 backend=backend)[1]
+    assert ok.error() is None
+    _, st = rev_lif(x, tau=torch.tensor([2.0, 1.0, 3.0, 2.0], device=DEVICE), backend=backend)
+    assert st.error() is not None and "tau or v_threshold" in st.error()
+    flagged = st.v_fixed < POISON_LIMIT
+    assert flagged[:, [1, 3]].all() and not flagged[:, [0, 2]].any()  # the pair (1, 3)
+    # the host checks the same closed range for a number and for a layer's tensor
+    for vth in (-64.0, 64.0):
+        assert rev_lif(x, v_threshold=vth, v_reset=vth, backend=backend)[1].error() is None
+        revsnn.RevLIF(v_threshold=torch.tensor([vth, 1.0]))
+    for vth in (-64.0 - 2 ** -10, 64.0 + 2 ** -10):
+        with pytest.raises(ValueError, match=r"v_threshold must be finite and in \[-64.0, 64.0\]"):
+            rev_lif(x, v_threshold=vth, backend=backend)
+        with pytest.raises(ValueError, match="v_threshold"):
+            revsnn.RevLIF(v_threshold=torch.tensor([vth, 1.0]))
+
+
+def test_rev_lif_float_state_at_the_range_limit(backend):
+    """A float initial potential that rounds to +-V_MAX is in range; one more unit is not."""
+    lim = (V_MAX - 0.5) * 2.0 ** -F_BITS  # v * 2**F + 0.5 == V_MAX exactly (float64)
+    x = torch.zeros(1, 1, 2, dtype=torch.float64, device=DEVICE)
+    v0 = torch.tensor([[lim, -lim - 2.0 ** -F_BITS]], dtype=torch.float64, device=DEVICE)
+    y, st = rev_lif(x, v0, keep_stash=True, backend=backend)
+    assert st.error() is None
+    _, s0 = rev_lif_inverse(y, st, backend=backend)
+    assert s0.v_fixed.tolist() == [[V_MAX, -V_MAX]]
+    over = v0 + torch.tensor([[2.0 ** -F_BITS, 0.0]], dtype=torch.float64, device=DEVICE)
+    _, st = rev_lif(x, over, backend=backend)
+    assert st.error() is not None and "initial state" in st.error()
+
+
+# IF neuron, soft reset, beta = -1/+1: M = V + I, U = M - S, V1new = U1 - V2, V2new = U2 + V1.
+# Each case (v1, v2, x1, x2) leaves the +-4096 range in exactly one quantity of the step.
+OVERFLOW_CASES = {
+    "m1": (4000.0, 4090.0, 250.0, -150.0),    # M1 = 4250
+    "m2": (-250.0, -4091.0, 249.0, 10.0),     # V1new = 4090, M2 = 4100
+    "v1n": (0.0, -4000.0, 100.0, -10.0),      # V1new = 4099, M2 = 4090
+    "v2n": (3000.0, 0.0, 0.0, 0.0),           # V2new = 2999 + 3000
+}
+
+
+@pytest.mark.parametrize("case", list(OVERFLOW_CASES))
+def test_rev_lif_each_overflow_check(backend, case):
+    v1, v2, x1, x2 = OVERFLOW_CASES[case]
+    kw = dict(tau=math.inf, v_reset=None, beta1=-1.0, beta2=1.0, backend=backend)
+    x = torch.tensor([[[x1, x2]]], device=DEVICE)
+    v0 = torch.tensor([[v1, v2]], device=DEVICE)
+    _, st = rev_lif(x, v0, **kw)
+    assert st.error() is not None and "overflowed" in st.error()
+    assert (st.v_fixed < POISON_LIMIT).all()
+
+
+def inverse_case(case, backend):
+    """(y, state, keywords) that no forward produced, each caught by one check of the
+    inverse only: y beyond the output grid's range, a rebuilt x beyond the charge input's
+    range, a rebuilt M1 beyond the fixed-point range."""
+    if case == "m1":
+        # IF, soft: M2 = 3000 fires, x1 = 201 - 1, V1 = 6999 - 2999 = 4000, M1 = 4200
+        kw = dict(tau=math.inf, v_reset=None, beta1=-1.0, beta2=1.0, backend=backend)
+        y = torch.tensor([[[0.0, 201.0]]], device=DEVICE)
+        words = torch.tensor([[3000, 6999]], dtype=torch.int32, device=DEVICE) * 2 ** F_BITS
+        return y, RevLIFState(words, torch.zeros(0, 1, dtype=torch.int32, device=DEVICE)), kw
+    kw = dict(beta1=-1.0, beta2=1.0, backend=backend)
+    x = dyadic((1, 2, 4, 3), 5, bits=2, lo=-1, hi=1).to(DEVICE)
+    y, st = rev_lif(x, keep_stash=True, **kw)
+    y = y.clone()
+    if case == "y_range":
+        # -2**15 is on the grid, and -2**15 * 2**16 is exactly INT32_MIN (|.| of which is
+        # itself in int32): only the range check on y sees it; M2 < 1 (no spike)
+        y[0, :, :2], y[0, :, 2:] = 0.0, -2.0 ** 15
+    elif case == "x1_range":  # M2 = (V1new + 100) / 2 fires: x1 = -1024 - 1 (|x| <= 1024)
+        y[0, :, :2], y[0, :, 2:] = 100.0, -1024.0
+    else:  # "x2_range": x1 = 100 - S2, then M1 = (V1 + x1) / 2 fires: x2 = -1024 - 1
+        y[0, :, :2], y[0, :, 2:] = -1024.0, 100.0
+    return y, RevLIFState(st.v_fixed, st.stash), kw
+
+
+@pytest.mark.parametrize("case", ["y_range", "x1_range", "x2_range", "m1"])
+def test_rev_lif_inverse_each_reconstruction_check(backend, case):
+    y, st, kw = inverse_case(case, backend)
+    with pytest.raises(ValueError, match="not produced by rev_lif"):
+        rev_lif_inverse(y, st, **kw)
+    _, s0 = rev_lif_inverse(y, st, validate=False, **kw)
+    assert (s0.v_fixed < POISON_LIMIT).all()
+
+
+@pytest.mark.parametrize("learnable", ["tau", "v_threshold"])
+def test_rev_lif_only_one_learnable_parameter(backend, learnable):
+    """Only tau (or only v_threshold) takes a gradient: the backward must still compute it."""
+    shape = (8, 2, 6, 5)
+    g = torch.Generator().manual_seed(12)
+    tau = (1.5 + 3 * torch.rand(6, generator=g)).to(DEVICE)
+    vth = (0.5 + torch.rand(6, generator=g)).to(DEVICE)
+    (tau if learnable == "tau" else vth).requires_grad_()
+    p = tau if learnable == "tau" else vth
+    x = (torch.randn(shape, generator=g) * 1.5 + 0.3).to(DEVICE)
+    gy = torch.randn(shape, generator=g).to(DEVICE)
+    y, _ = rev_lif(x, tau=tau, v_threshold=vth, backend=backend)
+    (gp,) = torch.autograd.grad(y, p, gy)
+    yr, _ = rev_lif_int(x, tau=tau, v_threshold=vth)
+    (gpr,) = torch.autograd.grad(yr, p, gy)
+    assert gp.shape == p.shape and gpr.abs().max() > 0
+    assert_close_rel(gp, gpr)
+
+
+def test_rev_lif_float64_input_is_quantized_once(backend):
+    """float64 x is rounded to the grid (2**-16) from its float64 value, half up: a value just
+    below a half-way point rounds down, although rounding it to float32 first (|x| in [64,
+    128): float32's spacing there is 2**-17) would land on the half-way point and round up."""
+    k = torch.tensor([100.0, -100.0, 70.5, -127.25], dtype=torch.float64)
+    x = (k + 2.0 ** -17 - 2.0 ** -40).reshape(1, 1, 4).repeat(3, 2, 1).to(DEVICE)
+    y, st = rev_lif(x, keep_stash=True, backend=backend, v_threshold=64.0)
+    assert st.error() is None
+    xr, _ = rev_lif_inverse(y, st, backend=backend, v_threshold=64.0)
+    assert torch.equal(xr, torch.floor(x * 2 ** 16 + 0.5) / 2 ** 16)
+    assert torch.equal(xr.cpu(), k.reshape(1, 1, 4).repeat(3, 2, 1))

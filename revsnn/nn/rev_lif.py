@@ -49,7 +49,7 @@ class RevLIF(nn.Module):
         for name, value in (("tau", tau), ("v_threshold", v_threshold)):
             if isinstance(value, torch.Tensor):
                 limits = ((1.0, math.inf, not decay_input) if name == "tau"
-                          else (-V_PARAM_MAX, V_PARAM_MAX))
+                          else (-V_PARAM_MAX, V_PARAM_MAX, False, False))
                 check_param_values(value, name, *limits)
             keep(self, name, value)
         self.kwargs = dict(decay_input=decay_input, v_reset=v_reset, alpha=alpha, beta1=beta1,
