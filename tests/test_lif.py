@@ -451,3 +451,67 @@ def test_lif_per_channel_tau_with_one_element_threshold(backend):
     for a, b in zip(*res):
         assert torch.isfinite(a).all()
         assert_close_rel(a, b, 2e-4)
+
+
+def test_lif_bptt_reference_takes_a_negative_channel_dim(backend):
+    """lif_bptt with per-channel parameters along dim=-1 is lif's ground truth there as along
+    the same dim counted from the front: same spikes, and the op's gradients match it."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(6, 2, 3, 5, generator=g) + 0.5).to(DEVICE).requires_grad_()
+    tau = torch.tensor([1.5, 2.0, 3.0, 4.5, 9.0], device=DEVICE, requires_grad=True)
+    vth = torch.tensor([0.4, 0.8, 1.0, 1.2, 0.6], device=DEVICE)
+    kw = dict(tau=tau, v_threshold=vth)
+    sr, vr = lif_bptt(x, dim=-1, **kw)
+    sr3, vr3 = lif_bptt(x, dim=3, **kw)
+    assert torch.equal(sr, sr3) and torch.equal(vr, vr3)
+    s, v = lif(x, dim=-1, backend=backend, **kw)
+    assert torch.equal(s.double(), sr)
+    gs = torch.randn(x.shape, generator=g).to(DEVICE)
+    for a, b in zip(torch.autograd.grad((s * gs).sum() + v.sum(), (x, tau)),
+                    torch.autograd.grad((sr * gs.double()).sum() + vr.sum(), (x, tau))):
+        assert_close_rel(a, b, 2e-4)
+
+
+def test_lif_bptt_rounds_v_reset_like_the_op():
+    """lif_bptt's derivatives are taken at the op's values, v_reset rounded to the float32
+    membrane: given v_reset = 0.1 or its float32 rounding it returns the same numbers (as the
+    op does; dU/dS = v_reset - H of the hard reset shows the difference)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(6, 3, 4, generator=g) + 0.5).requires_grad_()
+    vr32 = float(torch.tensor(0.1, dtype=torch.float32))
+    assert vr32 != 0.1
+    out = []
+    for vr in (0.1, vr32):
+        s, vT = lif_bptt(x, v_reset=vr, decay_input=False)
+        out.append((s, vT, *torch.autograd.grad((s * x).sum() + vT.sum(), x)))
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+    s, vT = lif(x, v_reset=0.1, decay_input=False, backend="torch")
+    assert torch.equal(s.double(), out[0][0]) and torch.equal(vT.double(), out[0][1])
+
+
+def test_lif_initial_potential_alone_requiring_grad(backend):
+    """Only v requires grad (x does not): the call records H and v gets the BPTT gradient."""
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(6, 3, 4, generator=g) + 0.5).to(DEVICE)
+    v = (torch.randn(3, 4, generator=g) * 0.5).to(DEVICE).requires_grad_()
+    s, vT = lif(x, v, backend=backend)
+    (gv,) = torch.autograd.grad((s * x).sum() + vT.sum(), v)
+    sr, vr = lif_bptt(x, v)
+    (gvr,) = torch.autograd.grad((sr * x.double()).sum() + vr.sum(), v)
+    assert gvr.abs().max() > 0.1
+    assert_close_rel(gv, gvr)
+
+
+@pytest.mark.parametrize("dim,shape", [(-1, (3, 2, 5)), (0, (5, 3, 2))])
+def test_lif_step_channel_dim_negative_or_first(backend, dim, shape):
+    """lif_step's dim counts x's dims ([B, *], no T): a negative one, or 0, selects the same
+    channels as in lif over x[None]."""
+    g = torch.Generator().manual_seed(12)
+    x = (torch.randn(shape, generator=g) + 0.5).to(DEVICE)
+    tau = torch.tensor([1.5, 2.0, 3.0, 4.5, 9.0], device=DEVICE)
+    vth = torch.tensor([0.4, 0.8, 1.0, 1.2, 0.6], device=DEVICE)
+    s, v = lif_step(x, tau=tau, v_threshold=vth, dim=dim, backend=backend)
+    s1, v1 = lif(x[None], tau=tau, v_threshold=vth, dim=dim if dim < 0 else dim + 1,
+                 backend=backend)
+    assert torch.equal(s, s1[0]) and torch.equal(v, v1)

@@ -18,7 +18,7 @@ from revsnn.ops._dispatch import direct
 from revsnn.state import RevLIFState
 
 from .conftest import (DEVICE, SeenOps, assert_close_rel, assert_same_through_dispatcher,
-                       dyadic)
+                       backends, dyadic)
 
 NODE_OPTIONS = {
     "hard": {},
@@ -1070,3 +1070,211 @@ def test_rev_lif_float64_input_is_quantized_once(backend):
     xr, _ = rev_lif_inverse(y, st, backend=backend, v_threshold=64.0)
     assert torch.equal(xr, torch.floor(x * 2 ** 16 + 0.5) / 2 ** 16)
     assert torch.equal(xr.cpu(), k.reshape(1, 1, 4).repeat(3, 2, 1))
+
+
+def test_rev_lif_float64_reference_matches_the_node_where_nothing_rounds():
+    """The float64 reference with an initial state and per-channel tau / v_threshold (group 2
+    unlike group 1): on dyadic inputs, short enough that no fixed-point step rounds, its y and
+    final potential are the node's exactly. Pins which half of v0 and of the parameters each
+    group takes, and the order of the final potential's halves."""
+    shape = (5, 3, 8, 5)
+    x = dyadic(shape, 1, bits=2, lo=-2, hi=3)
+    v0 = dyadic(shape[1:], 2, bits=2, lo=-1, hi=1)
+    kw = dict(tau=torch.tensor([2.0, 4.0, 2.0, 2.0, 4.0, 2.0, 4.0, 4.0]),
+              v_threshold=torch.tensor([1.0, 0.75, 1.25, 0.5, 1.5, 1.0, 0.75, 1.25]),
+              v_reset=-0.25)
+    y, st = rev_lif(x, v0, backend="torch", **kw)
+    yf, vf = rev_lif_float64(x, v0, **kw)
+    assert st.error() is None and y.sum() != 0
+    assert torch.equal(y.double(), yf)
+    assert torch.equal(st.v_fixed.double() * 2.0 ** -F_BITS, vf)
+
+
+def test_rev_lif_inverse_flags_float64_y_off_grid_below_float32_precision(backend):
+    """float64 y is checked against the output grid in float64: an offset of 2**-40, which
+    rounding y to float32 would erase, is still off the grid."""
+    x = torch.randn(4, 2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y, st = rev_lif(x.to(DEVICE), keep_stash=True, backend=backend)
+    y_off = y.clone()
+    y_off[1, 0, 2] += 2.0 ** -40
+    with pytest.raises(ValueError, match="off the output grid"):
+        rev_lif_inverse(y_off, st, backend=backend)
+
+
+def test_rev_lif_learnable_tau_without_decay_input_and_nonzero_v_reset(backend):
+    """dM/dtau of the charge without decay_input is (V - v_reset)/tau**2: with v_reset != 0
+    the gradient of a learnable per-channel tau matches the ground truth."""
+    shape = (8, 2, 6, 5)
+    g = torch.Generator().manual_seed(21)
+    tau = (1.5 + 3 * torch.rand(6, generator=g)).to(DEVICE).requires_grad_()
+    x = (torch.randn(shape, generator=g) * 1.5 + 0.3).to(DEVICE)
+    gy = torch.randn(shape, generator=g).to(DEVICE)
+    kw = dict(tau=tau, decay_input=False, v_reset=-0.5, v_threshold=0.75)
+    y, _ = rev_lif(x, backend=backend, **kw)
+    (gt,) = torch.autograd.grad(y, tau, gy)
+    yr, _ = rev_lif_int(x, **kw)
+    (gtr,) = torch.autograd.grad(yr, tau, gy)
+    assert torch.equal(y, yr.detach()) and gtr.abs().max() > 0
+    assert_close_rel(gt, gtr)
+
+
+@pytest.mark.skipif(len(backends()) < 2, reason="needs the Triton path (GPU or interpreter)")
+def test_rev_lif_float64_gradients_twin_equals_kernel():
+    """With float64 input both backward paths compute in float64 from the float32-rounded
+    1/tau (tau = 3 is not a power of two, so 1 - 1/tau and 1/tau**2 would round in float32):
+    the twin's gradients, of a learnable float64 tau too, are the kernel's to float64
+    precision, not merely to float32's."""
+    g = torch.Generator().manual_seed(7)
+    shape = (8, 2, 6, 5)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 1.5 + 0.3).to(DEVICE)
+    v0 = (torch.randn(shape[1:], generator=g, dtype=torch.float64) * 0.5).to(DEVICE)
+    gy = torch.randn(shape, generator=g, dtype=torch.float64).to(DEVICE)
+    tau = torch.tensor([3.0, 1.7, 2.2, 6.0, 3.0, 1.3], dtype=torch.float64, device=DEVICE)
+    res = []
+    for b in backends():
+        leaves = [t.detach().clone().requires_grad_() for t in (x, v0, tau)]
+        y, _ = rev_lif(leaves[0], leaves[1], tau=leaves[2], v_reset=None, backend=b)
+        res.append(torch.autograd.grad(y, leaves, gy))
+    for a, b in zip(*res):
+        assert a.dtype == torch.float64
+        assert_close_rel(a, b, 1e-13)
+
+
+@pytest.mark.parametrize("backward", ["fused", "recompute"])
+def test_rev_lif_half_input_float32_state_gradient_keeps_float32_precision(backend, backward):
+    """x in bfloat16, the initial state in float32: dL/dv0 is accumulated and returned in
+    float32 (the membrane's dtype), not rounded through x's 8-bit significand."""
+    g = torch.Generator().manual_seed(8)
+    shape = (6, 2, 6, 5)
+    x = (torch.randn(shape, generator=g) * 1.5 + 0.3).to(torch.bfloat16).to(DEVICE)
+    v0 = (torch.randn(shape[1:], generator=g) * 0.5).to(DEVICE).requires_grad_()
+    gy = torch.randn(shape, generator=g).to(torch.bfloat16).to(DEVICE)
+    y, _ = rev_lif(x, v0, backward=backward, backend=backend)
+    (gv,) = torch.autograd.grad(y, v0, gy)
+    yr, _ = rev_lif_int(x, v0)
+    (gvr,) = torch.autograd.grad(yr, v0, gy)
+    assert torch.equal(y, yr.detach()) and gv.dtype == torch.float32
+    assert_close_rel(gv, gvr, 1e-5)
+
+
+def test_rev_lif_state_of_the_wrong_dtype_rejected():
+    """A RevLIFState whose words are not int32 (a float tensor put in by hand) is a TypeError
+    naming state.v_fixed, not read as a float potential; a stash that is not int32 is refused
+    by the inverse."""
+    x = torch.randn(3, 2, 4, device=DEVICE)
+    y, st = rev_lif(x, keep_stash=True)
+    with pytest.raises(TypeError, match="state.v_fixed must be int32"):
+        rev_lif(x, RevLIFState(st.v_fixed.float(), st.stash))
+    with pytest.raises(TypeError, match="state.v_fixed must be int32"):
+        rev_lif_inverse(y, RevLIFState(st.v_fixed.long(), st.stash))
+    with pytest.raises(ValueError, match="state.stash must be int32"):
+        rev_lif_inverse(y, RevLIFState(st.v_fixed, st.stash.long()))
+
+
+def test_rev_lif_state_requiring_grad_alone_keeps_the_stash(backend):
+    """Only the float initial state requires grad (x does not): autograd records, so the
+    stash is kept and v0 gets its gradient."""
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(6, 2, 6, 5, generator=g) * 1.5 + 0.3).to(DEVICE)
+    v0 = (torch.randn(2, 6, 5, generator=g) * 0.5).to(DEVICE).requires_grad_()
+    y, st = rev_lif(x, v0, backend=backend)
+    assert st.stash.shape[0] > 0
+    (gv,) = torch.autograd.grad(y.square().sum(), v0)
+    (gvr,) = torch.autograd.grad(rev_lif_int(x, v0)[0].square().sum(), v0)
+    assert_close_rel(gv, gvr)
+
+
+def test_rev_lif_learnable_params_under_no_grad_record_nothing(backend):
+    """Under no_grad a learnable tau / v_threshold does not make the call record: the
+    recompute backward (which cannot differentiate them) is accepted and no stash is kept."""
+    tau = torch.tensor([2.0, 3.0, 2.5, 4.0], device=DEVICE, requires_grad=True)
+    vth = torch.tensor([1.0, 0.8, 1.2, 0.9], device=DEVICE, requires_grad=True)
+    x = torch.randn(5, 2, 4, device=DEVICE)
+    with torch.no_grad():
+        y, st = rev_lif(x, tau=tau, v_threshold=vth, backward="recompute", backend=backend)
+    assert st.stash.shape[0] == 0
+    y2, _ = rev_lif(x, tau=tau.detach(), v_threshold=vth.detach(), backend=backend)
+    assert torch.equal(y, y2)
+    with pytest.raises(ValueError, match="backward='fused'"):
+        rev_lif(x, tau=tau, v_threshold=vth, backward="recompute", backend=backend)
+
+
+def test_rev_lif_keep_stash_false_is_fine_when_beta_shifts_nothing(backend):
+    """With |beta1| = |beta2| = 1 nothing is shifted out, the backward needs no stash: keep_stash
+    =False while autograd records is accepted (it is refused for |beta| < 1)."""
+    x = torch.randn(5, 2, 4, device=DEVICE, requires_grad=True)
+    kw = dict(beta1=-1.0, beta2=1.0, backend=backend)
+    y, st = rev_lif(x, keep_stash=False, **kw)
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(rev_lif(x, **kw)[0].square().sum(), x)
+    assert st.stash.shape[0] == 0 and torch.equal(g, g_ref)
+    with pytest.raises(ValueError, match="keep_stash=False"):
+        rev_lif(x, keep_stash=False, backend=backend)
+
+
+def test_rev_lif_inverse_names_a_changed_decay_input():
+    """The inverse with another decay_input than its forward raises, naming the keyword the
+    user passes (decay_input), not the config's internal int_decay_input."""
+    x = torch.randn(4, 2, 6, device=DEVICE)
+    y, st = rev_lif(x, keep_stash=True)
+    with pytest.raises(ValueError, match="vs now: decay_input: True vs False"):
+        rev_lif_inverse(y, st, decay_input=False)
+
+
+def test_rev_lif_per_channel_params_along_a_later_dim(backend):
+    """Per-channel tau / v_threshold count the channels of the split dim (here the last one,
+    of another size than dim 2): accepted, and the node is the ground truth's."""
+    g = torch.Generator().manual_seed(10)
+    x = (torch.randn(6, 2, 3, 8, generator=g) * 1.5 + 0.3).to(DEVICE)
+    tau = (1.5 + 3 * torch.rand(8, generator=g)).to(DEVICE)
+    vth = (0.5 + torch.rand(8, generator=g)).to(DEVICE)
+    y, st = rev_lif(x, tau=tau, v_threshold=vth, dim=-1, backend=backend)
+    yr, sr = rev_lif_int(x, tau=tau, v_threshold=vth, dim=-1)
+    assert torch.equal(y, yr) and torch.equal(st.v_fixed, sr.v_fixed)
+
+
+def test_rev_lif_inverse_returns_a_state_without_stash(backend):
+    """The initial state the inverse returns carries an empty stash (the forward's stash
+    belonged to the call just undone), of the right pair count."""
+    x = torch.randn(5, 2, 6, device=DEVICE)
+    y, st = rev_lif(x, keep_stash=True, backend=backend)
+    assert st.stash.shape[0] > 0
+    _, s0 = rev_lif_inverse(y, st, backend=backend)
+    assert tuple(s0.stash.shape) == (0, 6) and s0.stash.dtype == torch.int32
+
+
+@pytest.mark.parametrize("alpha", [-2.0, 0.25, 4.0])
+def test_rev_lif_alpha_scales_the_other_input(backend, alpha):
+    """y = S + alpha * x_other for alpha != 1, checked against the real-valued equations (not
+    through the grid the node derives from alpha): on dyadic inputs nothing rounds, so the
+    two agree exactly, and the inverse gives x back."""
+    shape = (5, 3, 8, 5)
+    x = dyadic(shape, 1, bits=2, lo=-2, hi=3).to(DEVICE)
+    y, st = rev_lif(x, alpha=alpha, keep_stash=True, backend=backend)
+    yf, vf = rev_lif_float64(x.cpu(), alpha=alpha)
+    assert st.error() is None
+    assert torch.equal(y.double().cpu(), yf)
+    assert torch.equal(st.v_fixed.double().cpu() * 2.0 ** -F_BITS, vf)
+    assert torch.equal(rev_lif_inverse(y, st, alpha=alpha, backend=backend)[0], x)
+
+
+def test_rev_lif_float64_input_range_is_float32s(backend):
+    """float64 x shares float32's grid and range (README table: |x| <= 255 for alpha = 1):
+    255 passes, 256 is flagged like any out-of-range input."""
+    x = torch.full((3, 1, 2), 255.0, dtype=torch.float64, device=DEVICE)
+    assert rev_lif(x, backend=backend)[1].error() is None
+    x[1, 0, 0] = 256.0
+    assert "outside the representable input range" in rev_lif(x, backend=backend)[1].error()
+
+
+def test_rev_lif_float16_grid_and_range_of_the_readme(backend):
+    """float16 (README table, alpha = 1): x on 2**-8 comes back exactly, |x| <= 7 passes and
+    the next float16 above 7 is flagged."""
+    x = torch.tensor([2.0 ** -8, -3 * 2.0 ** -8, 7.0, -7.0], dtype=torch.float16)
+    x = x.reshape(1, 1, 4).repeat(3, 2, 1).to(DEVICE)
+    y, st = rev_lif(x, keep_stash=True, backend=backend)
+    assert st.error() is None
+    assert torch.equal(rev_lif_inverse(y, st, backend=backend)[0], x)
+    x[0, 0, 2] = torch.nextafter(torch.tensor(7.0, dtype=torch.float16),
+                                 torch.tensor(8.0, dtype=torch.float16))
+    assert "outside the representable input range" in rev_lif(x, backend=backend)[1].error()
