@@ -294,6 +294,11 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
                 tot[2] += len(y)
             bar.update(i + 1, loss)
         sched.step()
+        if world > 1:
+            # each rank's BatchNorm statistics moved with its own batches; rank 0's are those
+            # the checkpoint keeps and DDP's next forward hands to every rank: evaluate them
+            for b in model.buffers():
+                dist.broadcast(b, 0)
         # the unwrapped model under DDP: DDP's forward syncs buffers with the other ranks, and a
         # rank with no test batch would not take part (a hang)
         acc = evaluate(model if world > 1 else net, test_loader, device, amp_dtype)

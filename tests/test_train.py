@@ -273,7 +273,7 @@ def _ddp_worker(rank, world, port, out_dir, done):
                                   "--train-size", "64"] + TINY[2:]
                                  + (["--reversible", "--test-size", "1"] if rev else []))
         out = rtrain.train(args, log=lambda s: None)
-        torch.save({k: v.detach() for k, v in out["model"].named_parameters()},
+        torch.save(out["model"].state_dict(),  # weights and BatchNorm statistics
                    os.path.join(out_dir, f"rank{rank}_rev{int(rev)}.pt"))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -283,7 +283,7 @@ def _ddp_worker(rank, world, port, out_dir, done):
     done.wait(timeout=60)
 
 
-def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+def test_ddp_two_processes_end_with_identical_weights_and_statistics(tmp_path):
     done = mp.get_context("spawn").Barrier(2)
     ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), done), nprocs=2,
                    join=False)
@@ -303,8 +303,9 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
         w1 = torch.load(tmp_path / f"rank1_rev{rev}.pt")
         assert w0.keys() == w1.keys() and len(w0) > 0
         assert all(torch.equal(w0[k], w1[k]) for k in w0)
+        assert any("running_mean" in k for k in w0)  # the test accuracy's model on each rank
         if rev:
-            assert any(not torch.equal(w0[k], init[k]) for k in w0)
+            assert any(not torch.equal(w0[k], init[k]) for k in init)
 
 
 @pytest.mark.slow
