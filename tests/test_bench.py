@@ -11,14 +11,17 @@ import subprocess
 import sys
 import types
 import weakref
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 import revsnn
-from bench import kernels, memory, network, peak
-from bench.common import linear_fit
+from bench import kernels, memory, network, nodes, peak
+from bench.common import Context, Table, linear_fit
+from bench.summary import headline, not_measured, summary
+from revsnn import models
 from revsnn.memory import EXISTING, KeptBytes, LiveBytes, storage_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,12 +366,7 @@ def test_peak_cap_with_the_cuda_calls_replaced(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         peak.main(["--cap-mib", "100"])
     assert "--cap-mib needs CUDA" in capsys.readouterr().err
-    fraction = []
-    card = types.SimpleNamespace(total_memory=8000 << 20)
-    for name, fn in dict(is_available=lambda: True, current_device=lambda: 0,
-                         get_device_properties=lambda i: card,
-                         set_per_process_memory_fraction=fraction.append).items():
-        monkeypatch.setattr(torch.cuda, name, fn)
+    fraction = _cuda_main(monkeypatch)
 
     def oom(*args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -459,3 +457,291 @@ def test_scaling_fit_residual_is_relative(tmp_path):
     slope, icpt = linear_fit(xs, ys)
     want = max(abs(slope * x + icpt - y) / y for x, y in zip(xs, ys))
     assert ctx.scaling.rows[-1]["max_rel_residual"] == pytest.approx(want)
+
+
+MIB = 2 ** 20
+MEM = ("impl", "device", "dtype", "T", "kept_B_per_neuron", "ratio_vs_revlif",
+       "output_B_per_neuron", "status")
+KER = ("impl", "device", "dtype", "T", "shape", "timer", "fwd_ms", "fwdbwd_ms",
+       "fwd_GBps", "fwdbwd_GBps", "copy_GBps", "fwdbwd_frac_of_copy", "status")
+NET = ("model", "variant", "T", "batch", "kept_MiB", "peak_MiB", "sj_over_this_kept",
+       "sj_over_this_peak", "method", "status")
+
+
+def _tables(out):
+    """A GPU run's tables with round numbers."""
+    t = Table(out, "memory", "m", MEM, {})
+    for T, kept, ratio in ((4, 6.0, 1.0), (16, 6.0, 1.0), (32, 8.0, 1.0)):
+        t.add(impl="revlif", device="cuda", dtype="float32", T=T, kept_B_per_neuron=kept,
+              ratio_vs_revlif=ratio, output_B_per_neuron=4 * T, status="ok")
+    for T, kept in ((4, 34.0), (16, 130.0), (32, 80.0)):
+        t.add(impl="sj-triton", device="cuda", dtype="float32", T=T, kept_B_per_neuron=kept,
+              ratio_vs_revlif=kept / 8 if T == 32 else kept / 6, status="ok")
+    t.add(impl="sj-op", device="meta", dtype="float32", T=32, kept_B_per_neuron=260.0,
+          ratio_vs_revlif=32.5, status="ok")
+    t.add(impl="revlif", device="cuda", dtype="float16", T=32, kept_B_per_neuron=6.0,
+          ratio_vs_revlif=1.0, status="ok")
+    t.add(impl="sj-triton", device="cuda", dtype="float16", T=32, kept_B_per_neuron=45.0,
+          ratio_vs_revlif=7.5, status="ok")
+    t.add(impl="norse", device="cuda", dtype="float32", status="failed: RuntimeError: x")
+    k = Table(out, "kernels", "k", KER, {})
+    for impl, ms in (("revlif", 2.0), ("sj-triton", 3.0), ("revlif-recompute", 5.0)):
+        for T in (16, 32):
+            k.add(impl=impl, device="cuda", dtype="float32", T=T, shape=f"{T}x64x65536",
+                  timer="do_bench", fwd_ms=ms / 2, fwdbwd_ms=ms * T / 16,
+                  fwdbwd_frac_of_copy=0.9 if impl == "revlif" else None, status="ok")
+    n = Table(out, "kernels_node", "n", KER, {})
+    n.add(impl="revlif", device="cuda", dtype="float32", T=16, timer="do_bench", fwd_ms=1.0,
+          fwdbwd_ms=4.0, fwd_GBps=800.0, fwdbwd_GBps=500.0, copy_GBps=1000.0, status="ok")
+    n.add(impl="revlif-recompute", device="cuda", dtype="float32", T=16, timer="do_bench",
+          fwd_ms=1.0, fwdbwd_ms=7.0, fwd_GBps=800.0, fwdbwd_GBps=300.0, copy_GBps=1000.0,
+          status="ok")
+    w = Table(out, "network", "w", NET, {})
+    for T in (4, 16):
+        for batch, peak_ratio in ((16, 0.5), (32, 1.5)):
+            w.add(model="vgg11", variant="revlif", T=T, batch=batch, kept_MiB=10.0 * T,
+                  peak_MiB=100.0 * T, sj_over_this_kept=2.0, sj_over_this_peak=peak_ratio,
+                  method="CUDA, one SGD step", status="ok")
+    w.add(model="resnet18", variant="revlif-rev", T=16, batch=32, kept_MiB=50.0,
+          sj_over_this_kept=2.5, method="meta tensors", status="ok")
+    w.add(model="resnet18", variant="lif-rev", T=16, batch=32, status="skipped in tiny mode")
+    f = Table(out, "network_fit", "f", network.FIT_COLUMNS, {})
+    f.add(model="vgg11", variant="revlif", quantity="peak", MiB_per_sample_step=0.61962890625,
+          MiB_per_sample=0.125, MiB_fixed=4.0, points=4, max_rel_residual=1.23456e-7,
+          budget_GiB=8.0, max_batch_T16=813, max_batch_T32=409, max_T_batch32=412,
+          basis="measured peak (GPU)")
+    d = Table(out, "network_depth", "d", network.DEPTH_COLUMNS, {})
+    for depth in (2, 4):
+        d.add(model="mlp", variant="revlif", depth=depth, T=16, batch=32, kept_MiB=1.0 * depth,
+              peak_MiB=7.0 * depth, method="CUDA, one SGD step", status="ok")
+    (out / "env.json").write_text('{"device": "NVIDIA Test", "date": "today"}')
+
+
+def test_summary_figures_and_verdicts(tmp_path):
+    _tables(tmp_path)
+    rows = {fig.split(" (")[0]: (value, target, verdict, where)
+            for fig, value, target, verdict, where in headline([tmp_path])}
+    # SJ's triton row (on CUDA) before the meta one; 80 / 8 = 10: the target met at equality
+    assert rows["node memory SJ / RevLIF, T=32, float32"] == (10.0, ">= 10x", "met",
+                                                              "sj-triton on cuda")
+    assert rows["node memory SJ / RevLIF, T=32, float16"] == (7.5, ">= 8x", "missed",
+                                                              "sj-triton on cuda")
+    assert rows["fwd+bwd speed RevLIF vs SJ triton, T=16, fp32"] == (1.5, ">= 1x", "met", "cuda")
+    assert rows["fwd+bwd speed fused vs recompute backward, T=32, fp32"][0] == 2.5
+    assert rows["RevLIF fwd+bwd bandwidth / copy, T=16, fp32"][:3] == (0.9, ">= 0.8", "met")
+    shape = ", T=16, 2**24 neurons, fp32"
+    assert rows["RevLIF forward bandwidth / copy" + shape] == (0.8, ">= 0.8", "met", "cuda")
+    # backward alone: (500 * 4 - 800 * 1) MB / (4 - 1) ms = 400 GB/s, of a 1000 GB/s copy
+    assert rows["RevLIF fused backward bandwidth / copy" + shape][:3] == (
+        pytest.approx(0.4), ">= 0.8", "missed")
+    assert rows["fused backward speed-up over recompute"] == (2.0, ">= 1.5x", "met", "cuda")
+    # the GPU row's peak ratio at batch 32; a row without a peak gives its kept ratio
+    assert rows["network peak SJ / revlif, vgg11, T=16, batch 32"] == (
+        1.5, ">= 1.3x", "met", "CUDA, one SGD step")
+    assert rows["network kept SJ / revlif-rev, resnet18, T=16, batch 32"] == (
+        2.5, ">= 3x", "missed", "meta tensors")
+    assert not_measured([tmp_path]) == [("memory", "norse", "failed: RuntimeError: x"),
+                                        ("network", "lif-rev", "skipped in tiny mode")]
+    text = summary(tmp_path)
+    assert "| network peak SJ / revlif, vgg11, T=16, batch 32 | 1.5 | >= 1.3x | met |" in text
+    assert "- memory: norse: failed: RuntimeError: x" in text
+
+
+def test_report_tables(tmp_path):
+    from bench.report import report
+    _tables(tmp_path)
+    text = report([tmp_path])
+    assert "| implementation (device) | T=4 | T=16 | T=32 |" in text  # T in numeric order
+    assert "| sj-triton (cuda) | 34 | 130 | 80 |" in text
+    assert "| sj-triton (cuda) | 5.67 | 21.7 | 10 |" in text  # the ratio, not the bytes
+    assert "| revlif | 2 (0.90 of copy) | 4 (0.90 of copy) |" in text
+    # GPU rows: the peak and its ratio; batch 32 only
+    assert "**vgg11, batch 32: peak MiB (SpikingJelly / this)**" in text
+    assert "| revlif | 400.0 (1.50x) | 1600.0 (1.50x) |" in text and "(0.50x)" not in text
+    assert "**resnet18, batch 32: MiB kept for backward (SpikingJelly / this)**" in text
+    assert "| revlif-rev | 50.0 (2.50x) |" in text
+    # the fit's numbers rounded as the other tables round them
+    assert "| vgg11 | revlif | 0.6196 | 0.125 | 813 | 409 | 412 | 1.235e-07 |" in text
+    assert "| revlif | 14 | 28 |" in text  # depth: the peak where there is one
+    assert "- memory norse: failed: RuntimeError: x" in text
+
+
+def test_host_meter_cpu_fallback_line_matches_meta(monkeypatch):
+    kw = dict(depth=2, hidden=16, in_features=8)
+    meter = network.HostMeter()
+    meta, method, _ = meter("mlp", "revlif", 3, (5, 7), kw)
+    assert method == "meta tensors"
+    meter.why_not_meta[("mlp", "revlif")] = "forced"
+    cpu, method, note = meter("mlp", "revlif", 3, (5, 7), kw)
+    assert method.startswith("CPU tensors") and "forced" in note
+    assert cpu == meta
+
+
+def _gpu_ctx(tmp_path, monkeypatch, budget=8.0):
+    monkeypatch.setattr(Context, "gpu", property(lambda self: True))
+    return Context(tmp_path, {}, torch.device("cpu"), "priority", budget)
+
+
+def test_network_ratios_and_parameters(tmp_path, monkeypatch):
+    """The ratio columns are SpikingJelly's figure over the row's (kept and peak each on their
+    own), params_M is millions of parameters, and the fit gets the parameters' bytes."""
+    memory = {"sj": (300 * MIB, 120 * MIB), "revlif": (100 * MIB, 60 * MIB)}
+    monkeypatch.setattr(network, "gpu_step_memory",
+                        lambda name, variant, T, batch, kw: memory[variant])
+    ctx = _gpu_ctx(tmp_path, monkeypatch)
+    table = ctx.table("network", "t", network.COLUMNS)
+    cfg = dict(models={"vgg11": dict(width=16)}, variants=["sj", "revlif"], points=[(4, 16)])
+    rows = network._measure(ctx, cfg, table)
+    with torch.device("meta"):
+        n = models.count_parameters(models.spiking_vgg11(width=16))
+    rev = [r for r in rows if r["variant"] == "revlif"]
+    assert len(rev) == 1
+    r = rev[0]
+    assert (r["sj_over_this_peak"], r["sj_over_this_kept"]) == (3.0, 2.0)
+    assert (r["peak_MiB"], r["kept_MiB"]) == (100.0, 60.0)
+    assert r["params_M"] == n / 1e6 and r["params"] == 4 * n
+
+
+def test_network_fit_budget(tmp_path, monkeypatch):
+    """Points on an exact line bytes = a + b * batch + c * batch * T (CPU: kept bytes plus the
+    weights and their gradients): the fit finds it, and the largest batch / T solve it against
+    the budget (GiB = 2**30 bytes), rounded down."""
+    ctx = Context(tmp_path, {}, torch.device("cpu"), "tiny", 8.0)
+    fits = ctx.table("network_fit", "f", network.FIT_COLUMNS)
+    a, b, c, p = 5_000_000, 1_234_567, 345_678, 1_000_000
+
+    def row(variant, T, batch):
+        return dict(model="m", variant=variant, status="ok", T=T, batch=batch,
+                    kept=a + b * batch + c * batch * T, peak=None, params=p)
+    rows = [row("v", T, B) for T, B in ((4, 16), (4, 32), (16, 32), (32, 16))]
+    rows += [row("two", 4, 16), row("two", 16, 32)]  # two points: too few for three unknowns
+    network._fit(ctx, rows, fits)
+    fit = {r["variant"]: r for r in fits.rows}
+    assert fit["two"]["basis"].startswith("not fitted")
+    r = fit["v"]
+    assert r["MiB_fixed"] == pytest.approx((a + 2 * p) / MIB, rel=1e-9)
+    assert r["MiB_per_sample"] == pytest.approx(b / MIB, rel=1e-9)
+    assert r["MiB_per_sample_step"] == pytest.approx(c / MIB, rel=1e-9)
+    budget = 8 * 2 ** 30
+    for T in (4, 16, 32):
+        want = (budget - a - 2 * p) / (b + c * T)
+        assert 0.01 < want % 1 < 0.99 and r[f"max_batch_T{T}"] == math.floor(want)
+    want = (budget - a - 2 * p - 32 * b) / (32 * c)
+    assert 0.01 < want % 1 < 0.99 and r["max_T_batch32"] == math.floor(want)
+
+
+def test_gpu_step_memory_counts_from_before_the_model(monkeypatch):
+    fake = dict(synchronize=lambda: None, memory_allocated=lambda: 10 * MIB,
+                max_memory_allocated=lambda: 50 * MIB, reset_peak_memory_stats=lambda: None)
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    real = network.SGDStep
+    monkeypatch.setattr(network, "SGDStep",
+                        lambda name, variant, T, batch, kw, device: real(name, variant, T, batch,
+                                                                         kw, "cpu"))
+    peak_bytes, kept = network.gpu_step_memory("mlp", "revlif", 2, 4, dict(hidden=8))
+    assert peak_bytes == 40 * MIB and kept > 0
+
+
+def test_kernel_bandwidth_bytes(tmp_path, monkeypatch):
+    """A node keeping its input x, its output y and one other tensor of x's size: forward moves
+    x + y + the other (x and y kept cost no extra write); backward reads dy and all three kept,
+    and writes dx. Times: forward 2 ms, forward+backward 5 ms, copy 0.5 ms."""
+    def node(x):
+        return (x.exp() * x).sigmoid()  # keeps x and exp(x) (mul), its output (sigmoid)
+    times = {"fwd": 2.0, "fwdbwd": 5.0}
+    monkeypatch.setattr(kernels, "time_ms", lambda fn, device: times.get(fn.__name__, 0.5))
+    monkeypatch.setattr(kernels, "_peak_mib", lambda ctx, fn: None)
+    monkeypatch.setattr(kernels, "build", lambda key, device, dtype: nodes.Built(node))
+    ctx = _gpu_ctx(tmp_path, monkeypatch)
+    table = ctx.table("kernels", "k", kernels.COLUMNS)
+    cfg = dict(Ts=(4,), inner=(2, 8), dtypes=(torch.float32,), impls=["revlif"])
+    kernels._harness(ctx, cfg, table, kernels.Progress("k", 1), fit=False)
+    (r,) = table.rows
+    x = 4 * 2 * 8 * 4  # bytes of x, and of y, dx, dy, exp(x)
+    assert r["fwd_GBps"] == pytest.approx(3 * x / 2.0 / 1e6)
+    assert r["fwdbwd_GBps"] == pytest.approx((3 * x + 5 * x) / 5.0 / 1e6)
+    assert r["copy_GBps"] == pytest.approx(2 * x / 0.5 / 1e6)
+    assert r["fwdbwd_frac_of_copy"] == pytest.approx(r["fwdbwd_GBps"] / r["copy_GBps"])
+    assert r["fwdbwd_ms_per_step"] == 5.0 / 4
+
+
+@pytest.mark.parametrize("mode", ["tiny", "quick", "priority", "full"])
+@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+def test_kernel_plan_lists_each_implementation_once(mode, dev, tmp_path):
+    """Every implementation is either measured or a skipped row, never both or neither."""
+    cfg = kernels.plan(Context(tmp_path, {}, torch.device(dev), mode))
+    for impls, skip, every in ((cfg["impls"], cfg["skip"], kernels.ALL),
+                               (cfg["on_impls"], cfg["skip_on"], kernels.ON_ALL)):
+        assert len(impls) == len(set(impls)) and not set(impls) & set(skip)
+        assert set(impls) | set(skip) == set(every)
+
+
+def test_node_settings(monkeypatch):
+    import revsnn.functional
+    calls = []
+    real = revsnn.functional.rev_lif
+
+    def rev_lif(x, **kw):
+        calls.append(kw)
+        return real(x, **kw)
+    monkeypatch.setattr(revsnn.functional, "rev_lif", rev_lif)
+    x = torch.rand(2, 2, 4)
+    for key in ("revlif", "revlif-recompute", "revlif-beta1"):
+        nodes.build(key, torch.device("cpu"), torch.float32).fn(x)
+    assert calls == [{}, dict(backward="recompute"), dict(beta1=-1.0, beta2=1.0)]
+    pytest.importorskip("snntorch")
+    # snnTorch Leaky(beta=0.5), threshold 1, input 0.6: 0.6, 0.9, 1.05 -> a spike at step 3
+    y = nodes.build("snntorch", torch.device("cpu"), torch.float32).fn(torch.full((3, 1, 1), 0.6))
+    assert y.flatten().tolist() == [0.0, 0.0, 1.0]
+
+
+def _fake_cuda(monkeypatch, **over):
+    fake = dict(synchronize=lambda: None, memory_allocated=lambda: 10 * MIB,
+                max_memory_allocated=lambda: 50 * MIB, reset_peak_memory_stats=lambda: None,
+                current_device=lambda: 0)
+    fake.update(over)
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+
+
+def test_peak_cuda_traced_peak_adds_what_was_live_at_the_step_start(monkeypatch):
+    allocated = iter([10 * MIB, 15 * MIB])  # before the model; when the step starts
+    _fake_cuda(monkeypatch, memory_allocated=lambda: next(allocated))
+    trace = [dict(action="alloc", addr=1, size=4 * MIB, frames=[])]
+    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda: {"device_traces": [trace]})
+    r = peak.cuda_peak("mlp", "revlif", 2, 4, dict(hidden=8), device="cpu")
+    assert r["start"] == 5 * MIB and r["traced_peak"] == 9 * MIB
+
+
+def _cuda_main(monkeypatch, card_mib=8000):
+    card = types.SimpleNamespace(total_memory=card_mib * MIB)
+    fraction = []
+    for name, fn in dict(is_available=lambda: True, current_device=lambda: 0,
+                         get_device_properties=lambda i: card,
+                         set_per_process_memory_fraction=fraction.append).items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    return fraction
+
+
+def test_peak_cap_may_be_the_whole_card(monkeypatch, capsys):
+    fraction = _cuda_main(monkeypatch)
+
+    def oom(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(peak, "cuda_peak", oom)
+    assert peak.main(["--variant", "revlif", "--cap-mib", "8000"]) == 0
+    assert fraction == [1.0] and "does not fit" in capsys.readouterr().out
+
+
+def test_peak_gap_between_allocator_and_tensor_peaks(monkeypatch, capsys):
+    _cuda_main(monkeypatch)
+    phases = ("forward", "backward", "update")
+    r = dict(phases=dict(zip(phases, (300 * MIB, 500 * MIB, 200 * MIB))), start=0,
+             traced_peak=500 * MIB, live=Counter(), largest=[])
+    t = dict(phases=dict(zip(phases, (100 * MIB, 400 * MIB, 50 * MIB))), live=Counter())
+    monkeypatch.setattr(peak, "cuda_peak", lambda *a: r)
+    monkeypatch.setattr(peak, "tensor_peak", lambda *a: t)
+    assert peak.main(["--variant", "revlif"]) == 0
+    assert "allocator peak - tensor peak: 100 MiB" in capsys.readouterr().out

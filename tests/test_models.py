@@ -3,9 +3,10 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 from revsnn import models
-from revsnn.nn import RevSequential
+from revsnn.nn import LIF, RevSequential
 
 from .test_blocks import kept_bytes
 from .test_train import _one_thread  # noqa: F401  (autouse fixture)
@@ -169,3 +170,67 @@ def test_vgg_stem_stays_ordinary_when_the_input_has_its_width():
     model = models.spiking_vgg11(in_channels=16, width=16, neuron="revlif", reversible=True)
     assert not isinstance(model.body[0], RevSequential)
     assert any(isinstance(m, RevSequential) for m in model.body)
+
+
+class _StepIndex(nn.Module):
+    """A readout giving step t the value t: [T, B, F] -> [T, B, 10]."""
+
+    def forward(self, h):
+        T, B = h.shape[:2]
+        return torch.arange(T, dtype=h.dtype).view(T, 1, 1).expand(T, B, 10)
+
+
+def test_readout_is_the_mean_over_time():
+    net = models.spiking_mlp(hidden=8, T=5)
+    net.head = _StepIndex()
+    out = net(torch.rand(3, 64))
+    assert out.shape == (3, 10) and torch.equal(out, torch.full((3, 10), 2.0))
+
+
+def test_basic_block_adds_its_shortcut():
+    torch.manual_seed(0)
+    block = models.BasicBlock(4, 4, 1, "lif", {})
+    with torch.no_grad():  # the residual branch silenced: what is left is sn(x)
+        bn = block.conv2[1]
+        bn.weight.zero_()
+        bn.bias.zero_()
+    x = 3 * torch.rand(3, 2, 4, 5, 5)
+    y = block(x)
+    assert y.sum() > 0 and torch.equal(y, LIF()(x))
+    wider = models.BasicBlock(4, 8, 1, "lif", {})  # stride 1, more channels: a projection
+    assert isinstance(wider.shortcut, models.PerStep)
+    assert wider(x).shape == (3, 2, 8, 5, 5)
+
+
+def test_step_bias_on_a_shorter_sequence():
+    sb = models.StepBias(8, 3)
+    with torch.no_grad():
+        sb.bias.copy_(torch.randn(8, 1, 3))
+    x = torch.randn(4, 2, 3)
+    assert torch.equal(sb(x), x + sb.bias[:4])
+    assert torch.equal(models.StepBias(4, 3)(x), x)  # as many steps as positions
+    net = models.spiking_mlp(in_features=1, positions=8, hidden=8, T=4)
+    assert net(torch.rand(4, 2, 1)).shape == (2, 10)
+
+
+def test_pixel_sequence_mlp_normalises_with_batch_statistics():
+    net = models.spiking_mlp(in_features=1, positions=8, hidden=8)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert bns and all(not m.track_running_stats and m.running_mean is None for m in bns)
+    plain = models.spiking_mlp(hidden=8)
+    assert all(m.track_running_stats for m in plain.modules() if isinstance(m, nn.BatchNorm1d))
+
+
+def test_reversible_revlif_takes_multiples_of_four_and_depth_two():
+    models.convnet8(width=4, neuron="revlif", reversible=True)
+    models.spiking_mlp(hidden=12, neuron="revlif", reversible=True)
+    net = models.spiking_mlp(hidden=8, depth=2, reversible=True)
+    chains = [m for m in net.modules() if isinstance(m, RevSequential)]
+    assert len(chains) == 1 and len(chains[0]) == 1
+
+
+def test_count_parameters_counts_the_trainable_ones():
+    net = models.spiking_mlp(hidden=8)
+    n = models.count_parameters(net)
+    net.head[0].weight.requires_grad_(False)
+    assert models.count_parameters(net) == n - net.head[0].weight.numel()

@@ -2,6 +2,8 @@
 import importlib.util
 import io
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
@@ -10,9 +12,11 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import nn
 
 from revsnn import data as rdata
 from revsnn import train as rtrain
+from revsnn.memory import KeptBytes, storage_id
 
 TINY = ["--train-size", "96", "--test-size", "64", "--batch-size", "32", "--width", "8",
         "--T", "2", "--no-progress"]
@@ -357,3 +361,191 @@ def test_crop_flip_flips_horizontally():
     flipped = [torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)]
     kept = [torch.equal(o, xi) for o, xi in zip(out, x)]
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-size", "0"], "--train-size must be >= 1, got 0"),
+    (["--test-size", "0"], "--test-size must be >= 1, got 0"),
+    (["--seed", str(2 ** 31)], "--seed must be in [0, 2**31)"),
+])
+def test_bad_arguments_at_the_boundary(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        rtrain.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_good_arguments_at_the_boundary():
+    a = rtrain.parse_args(["--seed", str(2 ** 31 - 1), "--weight-decay", "0", "--train-size",
+                           "1", "--test-size", "1"])
+    assert (a.seed, a.weight_decay, a.train_size, a.test_size) == (2 ** 31 - 1, 0.0, 1, 1)
+
+
+class _Recorder:
+    """Stands in for torch.nn.functional in revsnn.train: records each training batch's loss,
+    size and correct count."""
+
+    def __init__(self):
+        self.batches = []
+
+    def cross_entropy(self, out, y):
+        loss = nn.functional.cross_entropy(out, y)
+        self.batches.append((float(loss.detach()), len(y), int((out.argmax(1) == y).sum())))
+        return loss
+
+
+def test_epoch_loss_and_accuracy_are_means_over_samples(monkeypatch):
+    """80 samples in batches of 32, 32, 16: the epoch's loss is the sample-weighted mean of the
+    batch losses, its accuracy correct / samples; the logged line shows them in percent."""
+    rec = _Recorder()
+    monkeypatch.setattr(rtrain, "F", rec)
+    argv = ["--epochs", "1", "--train-size", "80"] + TINY[2:]
+    out, lines = run(argv)
+    h = out["history"][0]
+    assert [n for _, n, _ in rec.batches] == [32, 32, 16]
+    want = sum(loss * n for loss, n, _ in rec.batches) / 80
+    assert h["loss"] == pytest.approx(want, rel=1e-12)
+    assert h["train_acc"] == sum(c for _, _, c in rec.batches) / 80
+    # the test accuracy: the model as trained, on the first 64 test samples
+    ds = rtrain.rdata.load("digits")
+    x, y = next(rtrain.rdata.Loader(ds, "test", 64, 0, False).epoch(0))
+    with torch.no_grad():
+        acc = float((out["model"].eval()(x).argmax(1) == y[:64]).double().mean())
+    assert h["test_acc"] == acc
+    m = re.search(r"loss (\S+)  train acc\s+(\S+)%  test acc\s+(\S+)%", lines[-1])
+    assert m, lines[-1]
+    assert float(m.group(1)) == pytest.approx(h["loss"], abs=1e-4)
+    assert float(m.group(2)) == pytest.approx(100 * h["train_acc"], abs=0.051)
+    assert float(m.group(3)) == pytest.approx(100 * acc, abs=0.051)
+
+
+def test_two_ranks_report_the_summed_counts(monkeypatch):
+    """The DDP path with the collective replaced: what an epoch reports (loss, train and test
+    accuracy) comes from the counts summed over the ranks, each divided by the right count."""
+    reduced = []
+
+    def all_reduce(t):
+        reduced.append(t.numel())
+        # as if the other rank's counts made these totals: loss sum, correct, samples
+        # (training) and correct, samples (evaluation)
+        t.copy_(torch.tensor([30.0, 12.0, 40.0] if t.numel() == 3 else [9.0, 36.0],
+                             dtype=t.dtype))
+    monkeypatch.setattr(rtrain, "_setup_distributed", lambda device: (0, 2, torch.device("cpu")))
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        lambda m, device_ids=None: m)
+    monkeypatch.setattr(rtrain.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(rtrain.dist, "all_reduce", all_reduce)
+    sent = []
+    monkeypatch.setattr(rtrain.dist, "broadcast", lambda t, src: sent.append((t, src)))
+    out, lines = run(["--epochs", "1"] + TINY)
+    h = out["history"][0]
+    assert sorted(reduced) == [2, 3]
+    buffers = list(out["model"].buffers())  # rank 0's BatchNorm statistics, evaluated by all
+    assert len(sent) == len(buffers) > 0 and all(t is b and src == 0
+                                                 for (t, src), b in zip(sent, buffers))
+    assert (h["loss"], h["train_acc"], h["test_acc"]) == (0.75, 0.3, 0.25)
+    assert "2 x cpu" in lines[0]
+
+
+def test_kept_bytes_is_the_largest_step_without_the_parameters():
+    """80 samples: batches of 32, 32 and 16. The reported figure is the largest step's (a full
+    batch), parameters excluded, as counted around the model's forward and the loss."""
+    out, _ = run(["--epochs", "1", "--train-size", "80"] + TINY[2:])
+    args = rtrain.parse_args(["--epochs", "1"] + TINY[2:])
+    torch.manual_seed(0)
+    model = rtrain.build_model(args, 10).train()
+    x, y = torch.rand(32, 1, 8, 8), torch.arange(32) % 10
+    params = {storage_id(p) for p in model.parameters()}
+    with KeptBytes() as kb:
+        nn.functional.cross_entropy(model(x).float(), y)
+    assert out["history"][0]["kept_bytes"] == kb.bytes(exclude=params) > 0
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_unless_no_progress(monkeypatch):
+    argv = ["--epochs", "1"] + [a for a in TINY if a != "--no-progress"]
+    for flag, drawn in (([], True), (["--no-progress"], False)):
+        err = _Tty()
+        monkeypatch.setattr(sys, "stderr", err)
+        run(argv + flag)
+        monkeypatch.undo()
+        text = err.getvalue()
+        if drawn:
+            assert "\repoch 1/1 [" in text and re.search(r"\] 3/3 loss \d\.\d{4}\n$", text), text
+        else:
+            assert text == ""
+
+
+def test_amp_dtype_in_training_and_evaluation_and_no_scaler_for_bf16(monkeypatch):
+    seen, scalers = set(), []
+    build = rtrain.build_model
+
+    def build_and_watch(args, n):
+        model = build(args, n)
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, o: seen.add((m.training, o.dtype)))
+        return model
+
+    class Scaler(torch.amp.GradScaler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            scalers.append(self)
+    monkeypatch.setattr(rtrain, "build_model", build_and_watch)
+    monkeypatch.setattr(torch.amp, "GradScaler", Scaler)
+    run(["--amp", "bf16", "--epochs", "1", "--reversible"] + TINY)
+    assert seen == {(True, torch.bfloat16), (False, torch.bfloat16)}
+    assert len(scalers) == 1 and not scalers[0].is_enabled()
+
+
+def test_cosine_schedule_ends_at_zero(tmp_path):
+    ck = tmp_path / "c.pt"
+    run(["--epochs", "2", "--checkpoint", str(ck)] + TINY)
+    state = torch.load(ck, weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 2 and state["epoch"] == 2
+    assert abs(state["optimizer"]["param_groups"][0]["lr"]) < 1e-12
+
+
+def test_resume_restores_rng_and_refuses_other_batch_or_lr(tmp_path):
+    """Resuming a finished run trains no epoch: the random state left is the checkpoint's
+    (torch and Python). A checkpoint is bound to its batch size and learning rate."""
+    ck = str(tmp_path / "c.pt")
+    base = ["--epochs", "1"] + TINY
+    run(base + ["--checkpoint", ck])
+    state = torch.load(ck, weights_only=False)
+    torch.manual_seed(999)  # a random state the run itself never reaches
+    random.seed(999)
+    torch.rand(3)
+    state["rng"]["torch"], state["rng"]["python"] = torch.get_rng_state(), random.getstate()
+    torch.save(state, ck)
+    torch.manual_seed(123)
+    random.seed(123)
+    out, _ = run(base + ["--resume", ck])
+    assert out["history"] == []
+    assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
+    assert random.getstate() == state["rng"]["python"]
+    for other in (["--batch-size", "16"], ["--lr", "1e-3"]):
+        with pytest.raises(ValueError, match="other settings"):
+            run(base + other + ["--resume", ck])
+
+
+def test_resume_restores_the_gradient_scaler(tmp_path, monkeypatch):
+    scalers = []
+
+    class Scaler(torch.amp.GradScaler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            scalers.append(self)
+    monkeypatch.setattr(torch.amp, "GradScaler", Scaler)
+    ck = str(tmp_path / "c.pt")
+    base = ["--epochs", "1", "--amp", "fp16"] + TINY
+    run(base + ["--checkpoint", ck])
+    assert scalers[-1].is_enabled()
+    state = torch.load(ck, weights_only=False)
+    state["scaler"]["scale"], state["scaler"]["_growth_tracker"] = 1024.0, 7
+    torch.save(state, ck)
+    run(base + ["--resume", ck])
+    assert scalers[-1].state_dict()["scale"] == 1024.0
+    assert scalers[-1].state_dict()["_growth_tracker"] == 7
