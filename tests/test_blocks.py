@@ -835,3 +835,161 @@ def test_rebuild_sequential_in_place_check_after_the_forward(kind):
     x.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def test_half_input_runs_in_the_float32_stream():
+    """A bfloat16 input is promoted to the float32 stream (its values are exact in float32):
+    output float32 and equal to the float32 input's, gradient back in bfloat16."""
+    net = chain(2)
+    x = make_x((3, 2, 8, 3, 3)).bfloat16()
+    ref = copy.deepcopy(net)
+    y_ref = ref(x.float())
+    xr = x.clone().requires_grad_()
+    y = net(xr)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, y_ref)
+    y.sum().backward()
+    assert xr.grad.dtype == torch.bfloat16
+    empty = RevSequential()(x)
+    assert empty.dtype == torch.float32 and torch.equal(empty, on_grid(x.float()))
+
+
+class _Const(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, h):
+        return h * 0 + self.c
+
+
+def test_block_output_second_half_out_of_range_raises():
+    """The range check covers the second output half of each block: here only y2 = 300."""
+    net = RevSequential(RevBlock(_Const(0.0), _Const(300.0), dim=-1))
+    x = torch.zeros(2, 1, 4, requires_grad=True)
+    y = net(x)
+    assert y[..., :2].abs().max() == 0 and y[..., 2:].abs().max() == 300
+    with pytest.raises(ValueError, match=r"\|value\| < 256"):
+        y.sum().backward()
+
+
+def test_slice_keeps_the_reversible_flag():
+    net = chain(3, reversible=False)
+    assert net[1:].reversible is False
+    assert chain(2)[:1].reversible is True
+
+
+def _sequential_vs_rebuild(make):
+    x = make_x((3, 2, 3, 4, 4))
+    out = []
+    for kind in (nn.Sequential, RebuildSequential):
+        torch.manual_seed(0)
+        net = make(kind)
+        xr = x.clone().requires_grad_()
+        y = net(xr)
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        out.append((y, xr.grad))
+    (y_a, g_a), (y_b, g_b) = out
+    assert torch.equal(y_a, y_b) and torch.equal(g_a, g_b)
+
+
+def test_rebuild_sequential_with_an_empty_chain():
+    """An empty RevSequential takes no autograd node: nothing is rebuilt, the layer before keeps
+    its output (no 'chain's backward has not run')."""
+    _sequential_vs_rebuild(lambda kind: kind(
+        PerStep(nn.Conv2d(3, 8, 1)), revsnn.RevLIF(dim=2), RevSequential()))
+
+
+def test_rebuild_sequential_with_a_non_reversible_chain():
+    """A reversible=False chain runs through plain autograd: the layer before keeps its
+    output, as under nn.Sequential."""
+    def make(kind):
+        net = stem_and_chain(kind)
+        net[2].reversible = False
+        return net
+    _sequential_vs_rebuild(make)
+
+
+class _Exp(nn.Module):  # saves its output (exp's backward reads it)
+    def forward(self, x):
+        return torch.exp(x)
+
+
+def test_rebuild_sequential_off_grid_in_the_second_half_raises():
+    """The grid check covers both halves of the chain's input: exp(0) = 1 is on the grid in
+    the first half, the second half is not."""
+    torch.manual_seed(0)
+    net = RebuildSequential(_Exp(), chain(2))
+    x = make_x((3, 2, 8, 3, 3), scale=0.3)
+    x[:, :, :4] = 0
+    y = net(x.requires_grad_())
+    with pytest.raises(ValueError, match="not on the grid"):
+        y.sum().backward()
+
+
+def test_float16_autocast_branch_output_quantized_in_the_stream_dtype():
+    """Under float16 autocast f and g return float16; Q must round in the float32 stream
+    (in float16, v * 2**16 overflows to inf for |v| >= 1)."""
+    torch.manual_seed(0)
+
+    def lin():
+        return nn.Sequential(nn.Linear(4, 4), revsnn.RevLIF(dim=-1))
+    net = RevSequential(RevBlock(lin(), lin(), dim=-1), RevBlock(lin(), lin(), dim=-1))
+    plain = copy.deepcopy(net)
+    plain.reversible = False
+    x = make_x((3, 2, 8))
+    out = []
+    for m in (net, plain):
+        xr = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = m(xr)
+        assert y.dtype == torch.float32 and torch.isfinite(y).all()
+        assert y.abs().max() > 1
+        y.sum().backward()
+        out.append((y, xr.grad))
+    assert torch.equal(out[0][0], out[1][0])
+    assert torch.allclose(out[0][1], out[1][1])
+
+
+class _Bias(nn.Module):  # ignores its input: autograd gives its input no gradient (None)
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Parameter(torch.full((4,), 0.5))
+
+    def forward(self, h):
+        return self.b.expand_as(h)
+
+
+def test_incoming_gradient_shared_with_another_node_is_left_alone():
+    """The gradient that reaches the chain may be the very tensor another node reads (an add
+    passes one gradient to both inputs): the backward must not write into it, also where a
+    branch ignores its input (its input gradient is None)."""
+    torch.manual_seed(0)
+    net = RevSequential(RevBlock(nn.Linear(4, 4), nn.Linear(4, 4), dim=-1),
+                        RevBlock(nn.Linear(4, 4), _Bias(), dim=-1))
+    x = make_x((3, 2, 8), scale=0.5).requires_grad_()
+    p = torch.ones(3, 2, 8, requires_grad=True)
+    other = p * 2  # created before the chain: its backward runs after the chain's
+    y = net(x)
+    w = torch.linspace(-1, 1, y.numel()).view(y.shape)
+    ((y + other) * w).sum().backward()
+    assert torch.equal(p.grad, 2 * w)
+
+
+def test_rebuild_sequential_layer_output_in_another_layout_keeps_its_own():
+    """ReLU saves its output, here dense but not contiguous (a transposed input): the chain
+    rebuilds a contiguous input, which cannot stand for that memory; the gradients stay those
+    of nn.Sequential."""
+    base = on_grid(make_x((3, 2, 3, 3, 8)))
+    out = []
+    for kind in (nn.Sequential, RebuildSequential):
+        torch.manual_seed(0)
+        net = kind(nn.ReLU(), chain(2))
+        xr = base.clone().requires_grad_()
+        x = xr.transpose(2, 4)
+        assert not x.is_contiguous()
+        y = net(x)
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        out.append((y, xr.grad))
+    (y_a, g_a), (y_b, g_b) = out
+    assert torch.equal(y_a, y_b) and torch.equal(g_a, g_b)

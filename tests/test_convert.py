@@ -603,3 +603,76 @@ def test_norse_value_reset_needs_v_leak_equal_v_reset():
     report = revsnn.convert(nn.Sequential(norse.LIFBoxCell(p, dt=1.0)), to="lif")
     assert not report.replaced
     assert "v_leak=0.0 != v_reset=0.5" in report.left[0].reason
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.lif = sj.neuron.LIFNode(step_mode="m")
+
+    def forward(self, a, b):
+        return self.lif(self.conv(a.flatten(0, 1)).unflatten(0, a.shape[:2]) + b)
+
+
+@needs_sj
+def test_example_input_tuple_is_several_arguments():
+    model = _TwoInputs()
+    a, b = torch.rand(3, 2, 2, 4, 4), torch.rand(3, 2, 4, 4, 4)
+    report = revsnn.convert(model, to="revlif", example_input=(a, b))
+    assert [r.name for r in report.replaced] == ["lif"] and not report.left
+
+
+@needs_snn
+def test_example_input_of_a_step_network_counts_the_channels_of_one_step():
+    """A Leaky stepped on [B, C, H, W]: the reversible node sees [1, B, C, H, W], so the split
+    dim is C (odd here), not H."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 5, 3, padding=1), snn.Leaky(beta=0.5, init_hidden=True))
+    report = revsnn.convert(model, to="revlif", example_input=torch.rand(3, 2, 6, 6))
+    assert not report.replaced and len(report.left) == 1
+    assert "one step: x of shape (1, 3, 5, 6, 6)" in report.left[0].reason
+
+
+@needs_sj
+def test_example_input_checked_along_the_overridden_dim():
+    model = nn.Sequential(sj.neuron.LIFNode(step_mode="m"))
+    x = torch.rand(3, 2, 5, 4)  # dim 2 odd, the last dim even
+    report = revsnn.convert(model, to="revlif", example_input=x, dim=-1)
+    assert [r.name for r in report.replaced] == ["0"] and not report.left
+    assert model(x).shape == x.shape
+
+
+@needs_snn
+def test_tau_override_replaces_a_learnable_beta():
+    """tau= overrides snnTorch's beta also when beta is learnable (the kept beta would
+    otherwise set tau at every call)."""
+    nodes = []
+    for learn in (True, False):
+        model = nn.Sequential(snn.Leaky(beta=0.5, learn_beta=learn, reset_mechanism="zero"))
+        revsnn.convert(model, to="lif", tau=3.0, backend="torch")
+        nodes.append(model[0])
+    x = torch.rand(6, 2, 4) * 0.8
+    runs = []
+    for node in nodes:
+        mem, out = node.init_leaky(), []
+        for xt in x:
+            spk, mem = node(xt, mem)
+            out.append(mem)
+        runs.append(torch.stack(out))
+    assert torch.equal(runs[0], runs[1])
+
+
+@needs_norse
+def test_norse_cell_state_carries_a_zero_current():
+    """The converted LIFCell hands back Norse's state class with v the potential and i zero
+    (no synaptic current is carried from step to step)."""
+    cell = norse.LIFCell(norse.LIFParameters(
+        tau_syn_inv=torch.tensor(1.0), tau_mem_inv=torch.tensor(0.25), v_th=torch.tensor(0.6),
+        method="tanh", alpha=torch.tensor(2.0)), dt=1.0)
+    model = nn.Sequential(cell)
+    report = revsnn.convert(model, to="lif", backend="torch")
+    assert len(report.replaced) == 1
+    _, s = model[0](torch.rand(3, 4) + 0.2)
+    assert s.v.abs().sum() > 0
+    assert torch.equal(s.i, torch.zeros_like(s.v))

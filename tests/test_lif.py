@@ -515,3 +515,15 @@ def test_lif_step_channel_dim_negative_or_first(backend, dim, shape):
     s1, v1 = lif(x[None], tau=tau, v_threshold=vth, dim=dim if dim < 0 else dim + 1,
                  backend=backend)
     assert torch.equal(s, s1[0]) and torch.equal(v, v1)
+
+
+def test_lif_single_step_negative_dim_is_the_same_channel_dim():
+    """dim=-1 names the last dim in both step modes (only a positive dim shifts by the missing
+    T in step_mode='s')."""
+    thr = torch.tensor([0.3, 0.6, 0.9, 1.2, 1.5])
+    x = torch.rand(4, 3, 5) * 1.5
+    multi = revsnn.LIF(v_threshold=thr, dim=-1, backend="torch")
+    single = revsnn.LIF(v_threshold=thr, dim=-1, step_mode="s", backend="torch")
+    ref = multi(x)
+    assert 0 < ref.mean() < 1
+    assert torch.equal(torch.stack([single(xt) for xt in x]), ref)

@@ -1278,3 +1278,12 @@ def test_rev_lif_float16_grid_and_range_of_the_readme(backend):
     x[0, 0, 2] = torch.nextafter(torch.tensor(7.0, dtype=torch.float16),
                                  torch.tensor(8.0, dtype=torch.float16))
     assert "outside the representable input range" in rev_lif(x, backend=backend)[1].error()
+
+
+def test_rev_lif_repr_shows_tensor_params_and_the_coupling_constants():
+    node = revsnn.RevLIF(v_threshold=torch.tensor([0.5, 1.0, 1.5, 2.0]), tau=torch.tensor(3.0))
+    r = repr(node)
+    assert "v_threshold=tensor[4]" in r and "tau=tensor[]" in r
+    plain = repr(revsnn.RevLIF())
+    assert "tau=2.0, alpha=1.0, beta1=-0.5, beta2=0.5" in plain
+    assert "v_threshold" not in plain and "surrogate" not in plain
