@@ -97,8 +97,6 @@ def launch_bwd(y: Optional[torch.Tensor], gy: Optional[torch.Tensor], vT: torch.
             MODE=mode, SURROGATE=cfg.surrogate_id, DETACH_RESET=cfg.detach_reset,
             WRITE_V0=v0 is not None, PARAM_GRAD=param_grad,
             ACC_F64=out_dtype == torch.float64, **launch_options("rev_lif"), **nc)
-    elif pg is not None:
-        pg.zero_()
     return out, v0, pg
 
 
