@@ -745,3 +745,79 @@ def test_peak_gap_between_allocator_and_tensor_peaks(monkeypatch, capsys):
     monkeypatch.setattr(peak, "tensor_peak", lambda *a: t)
     assert peak.main(["--variant", "revlif"]) == 0
     assert "allocator peak - tensor peak: 100 MiB" in capsys.readouterr().out
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_bench_priority_without_a_gpu_runs_the_quick_sizes(tmp_path, monkeypatch):
+    # `python -m bench --priority` on a machine without CUDA says it runs --quick sizes on CPU:
+    # the Context must get mode "quick" (the priority sizes are GPU-sized)
+    import bench.__main__ as bench_main
+    import bench.common
+    seen = {}
+
+    def fake_context(out, env, device, mode, budget):
+        seen["mode"], seen["device"] = mode, device.type
+        raise _Stop
+
+    monkeypatch.setattr(bench.common, "Context", fake_context)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # main sets 1 on CPU
+    try:
+        bench_main.main(["--priority", "--out", str(tmp_path), "--no-plots", "--no-summary"])
+    except _Stop:
+        pass
+    want = "priority" if seen["device"] == "cuda" else "quick"
+    assert seen["mode"] == want
+
+
+@pytest.mark.skipif(importlib.util.find_spec("PIL") is None, reason="plots need Pillow")
+def test_bench_plots_draw_the_network_chart_of_batch_32(tmp_path):
+    # the network table's batch-32 rows make one chart per model (kept MiB vs T on CPU)
+    from bench.plots import draw_all
+    rows = [dict(status="ok", model="vgg11", batch=32, variant=v, T=T, kept_MiB=k * T)
+            for v, k in (("lif", 2.0), ("rev", 0.5)) for T in (2, 4, 8)]
+    rows.append(dict(status="ok", model="vgg11", batch=8, variant="lif", T=2, kept_MiB=1.0))
+    tables = [types.SimpleNamespace(name="network", rows=rows)]
+    env = dict(device="cpu", date="2026-01-01", torch="x")
+    lines = draw_all(tmp_path, tables, env)
+    png = tmp_path / "network_vgg11_vs_T.png"
+    assert f"wrote {png}" in lines
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.skipif(importlib.util.find_spec("PIL") is None, reason="plots need Pillow")
+def test_bench_plots_redraw_from_csv_includes_the_network_chart(tmp_path, capsys):
+    # `python -m bench.plots --out DIR` redraws every plot from a run's CSV files, the
+    # network table's included
+    import csv
+    import json
+
+    from bench import plots
+    (tmp_path / "env.json").write_text(json.dumps(dict(device="cpu", date="d", torch="x")))
+    cols = ["status", "model", "batch", "variant", "T", "kept_MiB"]
+    with open(tmp_path / "network.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for v, k in (("lif", 2.0), ("rev", 0.5)):
+            for T in (2, 4, 8):
+                w.writerow(["ok", "vgg11", 32, v, T, k * T])
+    plots.main(["--out", str(tmp_path)])
+    assert "network_vgg11_vs_T.png" in capsys.readouterr().out
+    assert (tmp_path / "network_vgg11_vs_T.png").stat().st_size > 1000
+
+
+def test_bench_only_runs_the_named_sections(tmp_path, monkeypatch):
+    # `python -m bench --only memory` imports and runs the memory section alone
+    import bench.__main__ as bench_main
+    ran = []
+
+    def import_module(name, package=None):
+        return types.SimpleNamespace(run=lambda ctx: ran.append(name) or [])
+
+    monkeypatch.setattr(bench_main.importlib, "import_module", import_module)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # main sets 1 on CPU
+    assert bench_main.main(["--tiny", "--only", "memory", "--out", str(tmp_path),
+                            "--no-plots", "--no-summary"]) == 0
+    assert ran == [".memory"]

@@ -527,3 +527,30 @@ def test_lif_single_step_negative_dim_is_the_same_channel_dim():
     ref = multi(x)
     assert 0 < ref.mean() < 1
     assert torch.equal(torch.stack([single(xt) for xt in x]), ref)
+
+
+def test_lif_backward_op_returns_dx_in_the_spike_dtype(backend):
+    # lif_bwd's dL/dx has gs's dtype (as its fake impl promises, which torch.compile relies on),
+    # not the float32 membrane dtype; autograd would hide a mismatch by casting
+    from revsnn._config import LIFConfig
+    from revsnn.ops import lif as lif_op
+    cfg = LIFConfig(True, 0.0, "sigmoid", 4.0, False)
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(5, 300, generator=g) + 0.5).half().to(DEVICE)
+    gs = torch.randn(5, 300, generator=g).half().to(DEVICE)
+    _, _, h = lif_op.launch_fwd(x, None, None, 2.0, None, 1.0, cfg, 1, 1, True, backend)
+    gv = torch.zeros(300, device=DEVICE)
+    gx, gv0, _, _ = lif_op.launch_bwd(gs, gv, h, None, None, 2.0, None, 1.0, cfg, 1, 1,
+                                      False, False, backend)
+    assert gx.dtype == torch.float16 and gv0.dtype == torch.float32
+
+
+def test_lif_forward_without_save_h_allocates_no_h(backend):
+    # inference (save_h=False) keeps no [T, N] buffer of charged potentials: H is [0, N], as
+    # lif_fwd's fake impl says
+    from revsnn._config import LIFConfig
+    from revsnn.ops import lif as lif_op
+    cfg = LIFConfig(True, 0.0, "sigmoid", 4.0, False)
+    x = torch.randn(4, 300, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    s, vT, h = lif_op.launch_fwd(x, None, None, 2.0, None, 1.0, cfg, 1, 1, False, backend)
+    assert h.shape == (0, 300) and s.shape == x.shape and vT.shape == (300,)

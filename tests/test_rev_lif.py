@@ -1287,3 +1287,33 @@ def test_rev_lif_repr_shows_tensor_params_and_the_coupling_constants():
     plain = repr(revsnn.RevLIF())
     assert "tau=2.0, alpha=1.0, beta1=-0.5, beta2=0.5" in plain
     assert "v_threshold" not in plain and "surrogate" not in plain
+
+
+def test_inverse_accepts_the_split_dim_negative_or_not(backend):
+    # layout_of normalises dim: a forward split at dim=-2 and an inverse at dim=2 are the same
+    # call (Made compares the normalised dim), and the round trip is exact
+    x = (torch.randn(3, 2, 4, 3, generator=torch.Generator().manual_seed(0)) * 2 ** 4).round()
+    x = (x / 2 ** 4).to(DEVICE)
+    y, st = revsnn.functional.rev_lif(x, dim=-2, backend=backend, keep_stash=True)
+    assert st.made.dim == 2
+    x_back, _ = revsnn.functional.rev_lif_inverse(y, st, dim=2, backend=backend)
+    assert torch.equal(x_back, x)
+
+
+@pytest.mark.skipif("triton" not in backends(), reason="needs CUDA or TRITON_INTERPRET=1")
+def test_half_input_parameter_gradients_summed_in_float32():
+    # float16 x, float32 learnable tau / v_threshold: the kernel's per-neuron partials must stay
+    # in the float32 accumulator (as the twin's) before the per-channel sum, not in x's dtype
+    shape = (6, 2, 4, 33)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=g) * 1.5 + 0.3).half().to(DEVICE)
+    gy = torch.randn(shape, generator=g).half().to(DEVICE)
+    got = []
+    for backend in ("triton", "torch"):
+        tau = torch.tensor([2.0, 3.0, 2.5, 4.0], device=DEVICE, requires_grad=True)
+        vth = torch.tensor([0.9, 1.1, 0.8, 1.0], device=DEVICE, requires_grad=True)
+        y, _ = revsnn.functional.rev_lif(x, tau=tau, v_threshold=vth, backend=backend)
+        got.append(torch.autograd.grad(y, (tau, vth), gy))
+    for a, b in zip(*got):
+        assert a.dtype == torch.float32 and b.abs().max() > 0
+        assert_close_rel(a, b, rel=1e-5)
