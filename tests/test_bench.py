@@ -344,11 +344,7 @@ def test_peak_cuda_path_with_the_allocator_calls_replaced(monkeypatch):
              dict(action="alloc", addr=2, size=1 << 20, frames=[]),
              dict(action="free_completed", addr=1, size=3 << 20, frames=frames)]
     calls = []
-    fake = dict(synchronize=lambda: None, memory_allocated=lambda: 10 << 20,
-                max_memory_allocated=lambda: 50 << 20, reset_peak_memory_stats=lambda: None,
-                current_device=lambda: 0)
-    for name, fn in fake.items():
-        monkeypatch.setattr(torch.cuda, name, fn)
+    _fake_cuda(monkeypatch)
     monkeypatch.setattr(torch.cuda.memory, "_record_memory_history",
                         lambda *a, **k: calls.append(k))
     monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda: {"device_traces": [trace]})
@@ -631,10 +627,7 @@ def test_network_fit_budget(tmp_path, monkeypatch):
 
 
 def test_gpu_step_memory_counts_from_before_the_model(monkeypatch):
-    fake = dict(synchronize=lambda: None, memory_allocated=lambda: 10 * MIB,
-                max_memory_allocated=lambda: 50 * MIB, reset_peak_memory_stats=lambda: None)
-    for name, fn in fake.items():
-        monkeypatch.setattr(torch.cuda, name, fn)
+    _fake_cuda(monkeypatch)
     real = network.SGDStep
     monkeypatch.setattr(network, "SGDStep",
                         lambda name, variant, T, batch, kw, device: real(name, variant, T, batch,
@@ -697,6 +690,7 @@ def test_node_settings(monkeypatch):
 
 
 def _fake_cuda(monkeypatch, **over):
+    """torch.cuda's allocator calls replaced: 10 MiB allocated, a peak of 50 MiB."""
     fake = dict(synchronize=lambda: None, memory_allocated=lambda: 10 * MIB,
                 max_memory_allocated=lambda: 50 * MIB, reset_peak_memory_stats=lambda: None,
                 current_device=lambda: 0)

@@ -41,6 +41,20 @@ def chain(n, C=8, kind="revlif", dropout=0.0, seed=0, reversible=True):
                            for _ in range(n)], reversible=reversible)
 
 
+def plain_copy(rev):
+    """``rev`` run by plain autograd (a deepcopy keeps any parameter sharing)."""
+    plain = copy.deepcopy(rev)
+    plain.reversible = False
+    return plain
+
+
+def linear_chain(width):
+    """Two blocks of Linear + RevLIF branches over ``[..., 2 * width]`` (split dim -1)."""
+    def lin():
+        return nn.Sequential(nn.Linear(width, width), revsnn.RevLIF(dim=-1))
+    return RevSequential(RevBlock(lin(), lin(), dim=-1), RevBlock(lin(), lin(), dim=-1))
+
+
 def make_x(shape, seed=1, scale=2.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g) * scale
@@ -119,8 +133,7 @@ def test_backward_rebuilds_every_block_input_exactly(kind):
 @pytest.mark.parametrize("kind", NEURONS)
 def test_gradients_equal_plain_autograd(kind):
     rev = chain(3, kind=kind)
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    plain = plain_copy(rev)
     compare(rev, plain, make_x((6, 4, 8, 5, 5)))
 
 
@@ -129,8 +142,7 @@ def test_neuron_state_carried_between_calls(kind):
     """Two calls without reset: the recomputation of the first starts from zero state, that of
     the second from the state the first left, and the neurons end where the forward left them."""
     rev = chain(2, kind=kind)
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    plain = plain_copy(rev)
     x = make_x((8, 3, 8, 4, 4))
     if kind == "lif":
         # plain LIF carries autograd history across calls; reversible blocks stop gradients at
@@ -143,15 +155,13 @@ def test_neuron_state_carried_between_calls(kind):
 
 def test_dropout_random_numbers_replayed():
     rev = chain(3, kind="revlif", dropout=0.3)
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    plain = plain_copy(rev)
     compare(rev, plain, make_x((4, 3, 8, 4, 4)))
 
 
 def test_autocast_bf16_matches_plain():
     rev = chain(2, kind="revlif")
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    plain = plain_copy(rev)
     x = make_x((4, 2, 8, 4, 4))
     compare(rev, plain, x, autocast=torch.bfloat16)
 
@@ -198,12 +208,8 @@ def test_single_block_and_no_grad():
 
 def test_linear_branches_dim_last():
     torch.manual_seed(0)
-
-    def lin():
-        return nn.Sequential(nn.Linear(6, 6), revsnn.RevLIF(dim=-1))
-    rev = RevSequential(RevBlock(lin(), lin(), dim=-1), RevBlock(lin(), lin(), dim=-1))
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    rev = linear_chain(6)
+    plain = plain_copy(rev)
     compare(rev, plain, make_x((5, 3, 12)))
 
 
@@ -212,8 +218,7 @@ def test_channels_last_input_rebuilt_exactly():
     and the inverse's are, so that the convolutions round alike (they need not in another
     memory format)."""
     rev = chain(3, C=16)
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    plain = plain_copy(rev)
     x = make_x((3, 2, 16, 6, 6)).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     assert not x.is_contiguous()
     compare(rev, plain, x)
@@ -245,8 +250,7 @@ def test_buffer_state_replayed():
     torch.manual_seed(0)
     rev = RevSequential(*[RevBlock(_BufferStateNeuron(4), _BufferStateNeuron(4), dim=-1)
                           for _ in range(2)])
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    plain = plain_copy(rev)
     x = make_x((5, 3, 8), scale=0.5)
     weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
     for net in (rev, plain):  # a first call leaves a non-zero state behind
@@ -340,8 +344,7 @@ def test_parameter_gradient_sharing_the_gradient_memory():
     shape = (3, 2, 2, 5)
     rev = RevSequential(*[RevBlock(_AddParam(shape), _AddParam(shape), dim=-1)
                           for _ in range(3)])
-    plain = copy.deepcopy(rev)
-    plain.reversible = False
+    plain = plain_copy(rev)
     compare(rev, plain, make_x((3, 2, 2, 10)))
 
 
@@ -732,8 +735,7 @@ def test_chain_input_without_grad_still_keeps_only_the_output():
 
 
 def _grads_rev_vs_plain(rev, x):
-    plain = copy.deepcopy(rev)  # deepcopy keeps the parameter sharing
-    plain.reversible = False
+    plain = plain_copy(rev)
     out = {}
     for name, net in (("rev", rev), ("plain", plain)):
         xr = x.clone().requires_grad_()
@@ -931,12 +933,8 @@ def test_float16_autocast_branch_output_quantized_in_the_stream_dtype():
     """Under float16 autocast f and g return float16; Q must round in the float32 stream
     (in float16, v * 2**16 overflows to inf for |v| >= 1)."""
     torch.manual_seed(0)
-
-    def lin():
-        return nn.Sequential(nn.Linear(4, 4), revsnn.RevLIF(dim=-1))
-    net = RevSequential(RevBlock(lin(), lin(), dim=-1), RevBlock(lin(), lin(), dim=-1))
-    plain = copy.deepcopy(net)
-    plain.reversible = False
+    net = linear_chain(4)
+    plain = plain_copy(net)
     x = make_x((3, 2, 8))
     out = []
     for m in (net, plain):
