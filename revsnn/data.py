@@ -50,10 +50,6 @@ class Dataset:
     mean: Optional[torch.Tensor] = None
     std: Optional[torch.Tensor] = None
 
-    @property
-    def sample_shape(self) -> tuple:
-        return tuple(self.train.x.shape[1:])
-
     def prepare(self, x: torch.Tensor, train: bool, gen: torch.Generator) -> torch.Tensor:
         """A batch of stored samples -> the model input (float, time-first if sequential)."""
         x = x.float()

@@ -78,9 +78,6 @@ class KeptBytes:
         return sum(n for sid, n in self.sizes.items()
                    if sid not in skip and (only is None or sid in only))
 
-    def ids(self) -> set:
-        return set(self.sizes)
-
 
 EXISTING = "(existing)"
 """The op that :class:`LiveBytes` names for the memory of its ``existing`` tensors."""

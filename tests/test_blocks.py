@@ -159,6 +159,27 @@ def test_dropout_random_numbers_replayed():
     compare(rev, plain, make_x((4, 3, 8, 4, 4)))
 
 
+def test_without_random_number_replay():
+    """preserve_rng_state=False takes no generator state: still exact without random layers;
+    with dropout the recomputation draws other masks, so the gradient is no longer the plain
+    one (hence replay by default)."""
+    x = make_x((4, 3, 8, 4, 4))
+    for dropout in (0.0, 0.3):
+        rev = chain(2, dropout=dropout)
+        for b in rev.blocks:
+            b.preserve_rng_state = False
+        plain = plain_copy(rev)
+        if not dropout:
+            compare(rev, plain, x)
+            continue
+        weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
+        torch.manual_seed(3)
+        y_a, g_a = run_pair(rev, x, weight)
+        torch.manual_seed(3)
+        y_b, g_b = run_pair(plain, x, weight)
+        assert torch.equal(y_a, y_b) and not torch.allclose(g_a, g_b)
+
+
 def test_autocast_bf16_matches_plain():
     rev = chain(2, kind="revlif")
     plain = plain_copy(rev)
@@ -191,6 +212,25 @@ def test_half_precision_parameters_point_to_autocast():
     assert x.grad is not None
     own = RevSequential(RevBlock(_CastsItself(), _CastsItself(), dim=-1))
     own(make_x((3, 2, 8)).requires_grad_()).sum().backward()
+
+
+class _Fails(nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1, dtype=dtype))
+
+    def forward(self, h):
+        raise RuntimeError("the branch's own error")
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, True)])
+def test_branch_errors_pass_unchanged_where_autocast_would_not_help(dtype, autocast):
+    """The autocast hint replaces a branch's error only for half parameters outside
+    autocast; any other failure is the branch's own and reaches the caller as it is."""
+    block = RevBlock(_Fails(dtype), nn.Identity(), dim=-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with pytest.raises(RuntimeError, match="the branch's own error"):
+            block(torch.zeros(2, 2, 4))
 
 
 def test_single_block_and_no_grad():
@@ -698,6 +738,13 @@ def test_bad_arguments():
         RevSequential(nn.Identity())
     with pytest.raises(TypeError, match="nn.Module"):
         RevBlock(lambda t: t, nn.Identity())
+    with pytest.raises(TypeError, match="dim must be an int, got float"):
+        RevBlock(nn.Identity(), nn.Identity(), dim=2.0)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        net([[0.0]])
+    assert repr(RevSequential(RevBlock(nn.Identity(), nn.Identity(), dim=-1))) == (
+        "RevSequential(\n  reversible=True\n  (blocks): ModuleList(\n    (0): RevBlock(\n"
+        "      dim=-1\n      (f): Identity()\n      (g): Identity()\n    )\n  )\n)")
 
 
 class _Zero(nn.Module):
@@ -854,6 +901,7 @@ def test_half_input_runs_in_the_float32_stream():
     assert xr.grad.dtype == torch.bfloat16
     empty = RevSequential()(x)
     assert empty.dtype == torch.float32 and torch.equal(empty, on_grid(x.float()))
+    assert torch.equal(RevSequential().inverse(x), empty)
 
 
 class _Const(nn.Module):

@@ -344,6 +344,7 @@ def test_layouts_and_empty(backend):
     (lambda x: revsnn.LIF(dim="a", step_mode="s"), TypeError, "dim must be an int"),
     (lambda x: revsnn.LIF(dim=0, step_mode="s"), ValueError, "time dim"),
     (lambda x: revsnn.LIF(surrogate="relu"), ValueError, "surrogate"),
+    (lambda x: lif(x.tolist()), TypeError, "x must be a torch.Tensor, got list"),
 ])
 def test_bad_input(call, exc, match):
     x = torch.zeros(4, 2, 6, 3, device=DEVICE)
@@ -364,6 +365,7 @@ def test_layer_keeps_state_until_reset(backend):
     assert torch.equal(node(x[:4]), sa)
     r = repr(node)
     assert r.startswith("LIF(tau=3.0, v_threshold=1.0, v_reset=None") and "decay_input" not in r
+    assert repr(revsnn.LIF(step_mode="s")) == "LIF(tau=2.0, v_threshold=1.0, step_mode='s')"
 
 
 def test_layer_parameters(backend):

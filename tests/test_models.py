@@ -154,6 +154,13 @@ def test_bad_arguments():
         models.spiking_mlp(T=0)
     with pytest.raises(ValueError, match="depth must be"):
         models.spiking_mlp(depth=0)
+    with pytest.raises(ValueError, match="neuron must be one of"):
+        models.make_neuron("izhikevich")
+    for bad in (0, 8.0, True):
+        with pytest.raises(ValueError, match=f"hidden must be a positive int, got {bad!r}"):
+            models.spiking_mlp(hidden=bad)
+    with pytest.raises(ValueError, match="StepBias was built for 4 steps, got T=5"):
+        models.StepBias(4, 3)(torch.zeros(5, 2, 3))
     net = models.spiking_mlp(hidden=8)
     with pytest.raises(ValueError, match="rank 2 or"):
         net(torch.zeros(2, 3, 4, 64))

@@ -547,6 +547,16 @@ def test_empty_batch_and_single_step(backend):
     (lambda x: revsnn.RevLIF(tau=torch.tensor([2.0, math.inf])), ValueError, "tau must be finite"),
     (lambda x: revsnn.RevLIF(v_threshold=torch.tensor([65.0])), ValueError, "v_threshold"),
     (lambda x: revsnn.RevLIF(keep_stash=1.5), TypeError, "keep_stash"),
+    (lambda x: rev_lif(x, alpha="1"), TypeError, "alpha must be a float"),
+    (lambda x: rev_lif(x, alpha=0.0), ValueError, "alpha must be a finite non-zero power"),
+    (lambda x: rev_lif(x, beta1=-math.inf), ValueError, "beta1 must be a finite non-zero"),
+    (lambda x: rev_lif(x, v_threshold="1"), TypeError, "v_threshold must be a float or a"),
+    (lambda x: rev_lif(x.tolist()), TypeError, "x must be a torch.Tensor, got list"),
+    (lambda x: rev_lif(x, dim=2.0), TypeError, "dim must be an int, got float"),
+    # a stash made for other steps: the words would be read as another step's bits
+    (lambda x: rev_lif_inverse(x, RevLIFState(torch.zeros(2, 6, 3, dtype=torch.int32),
+                                              torch.zeros(2, 18, dtype=torch.int32))),
+     ValueError, r"state.stash has shape \(2, 18\), expected \(1, 18\) for T=4"),
 ])
 def test_bad_input(call, exc, match):
     x = torch.zeros(4, 2, 6, 3, device=DEVICE)

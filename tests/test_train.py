@@ -158,6 +158,8 @@ def test_digits_data():
     x2, _ = next(loader.epoch(0))
     x3, _ = next(loader.epoch(1))
     assert torch.equal(x, x2) and not torch.equal(x, x3)
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; choose one of"):
+        rdata.load("mnist")
     # two ranks split the padded order between them
     parts = [torch.cat([b for _, b in rdata.Loader(ds, "train", 64, 3, True, r, 2).epoch(0)])
              for r in (0, 1)]
