@@ -18,6 +18,22 @@ from revsnn import data as rdata
 from revsnn import train as rtrain
 from revsnn.memory import KeptBytes, storage_id
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_docs_name_every_option_and_only_real_ones():
+    """docs/train.md documents each option of the parser, and it and the README's training
+    section name no option the parser lacks (torchrun's own excepted)."""
+    options = {o for a in rtrain.parser()._actions for o in a.option_strings} - {"-h", "--help"}
+    flag = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
+    with open(os.path.join(ROOT, "docs", "train.md")) as f:
+        docs = set(flag.findall(f.read())) - {"--nproc_per_node"}
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read().split("## Train a reversible SNN", 1)[1].split("\n## ", 1)[0]
+    assert docs == options
+    assert set(flag.findall(readme)) <= options
+
+
 TINY = ["--train-size", "96", "--test-size", "64", "--batch-size", "32", "--width", "8",
         "--T", "2", "--no-progress"]
 
