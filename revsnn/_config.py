@@ -224,6 +224,19 @@ def check_param_values(t: torch.Tensor, name: str, lo: float, hi: float,
         _check_scalar(v, name, lo, hi, allow_inf, lo_open)
 
 
+def check_tensor_params(op: str, tau: Param, v_threshold: Param, decay_input: bool) -> None:
+    """The values of a tensor ``tau`` / ``v_threshold`` of op ``"lif"`` or ``"rev_lif"``,
+    checked on the host against the ranges their numbers have. For the layers' constructors and
+    ``revsnn.convert``, once: the ops check tensor values on the device on every call (a bad
+    value flags the state, no sync)."""
+    rev = op == "rev_lif"
+    if isinstance(tau, torch.Tensor):  # inf: an IF channel, V + I (with decay_input, I / inf)
+        check_param_values(tau, "tau", 1.0, math.inf, allow_inf=not decay_input)
+    if isinstance(v_threshold, torch.Tensor):
+        lim = V_PARAM_MAX if rev else math.inf
+        check_param_values(v_threshold, "v_threshold", -lim, lim, lo_open=not rev)
+
+
 @functools.lru_cache(maxsize=256)
 def _scalar_tensor(value: float, device: torch.device) -> torch.Tensor:
     # made once per value and device: building it on every call is a host-to-device copy,

@@ -53,7 +53,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ._config import BACKENDS, layout_of
+from ._config import BACKENDS, check_tensor_params, layout_of
 from .functional import _lif as _lif_fn
 from .functional import _rev_lif as _rev_fn
 from .nn import LIF, RevLIF
@@ -135,9 +135,20 @@ class _Node(nn.Module):
         """Keywords computed from kept tensors at each call (learnable / per-channel)."""
         return {}
 
+    def _keywords(self) -> dict:
+        return {**self.kwargs, **{k: getattr(self, k) for k in self.learned}, **self._params()}
+
+    def check_values(self) -> None:
+        """Raise for a tensor tau / v_threshold value out of the node's range, as the layers'
+        constructors do: the ops check tensor values on the device, where a bad one only
+        flags the state (a RevLIF threshold above 64 would run on, to NaN potentials)."""
+        kw = self._keywords()
+        check_tensor_params("lif" if self.to == "lif" else "rev_lif", kw.get("tau"),
+                            kw.get("v_threshold"), kw.get("decay_input", True))
+
     def run(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """x ``[T, B, *]``; state: None, a float ``[B, *]`` or a RevLIFState (revlif)."""
-        kw = {**self.kwargs, **{k: getattr(self, k) for k in self.learned}, **self._params()}
+        kw = self._keywords()
         if self.to == "lif":
             return _lif_fn.lif(x, state, **kw)
         return _rev_fn.rev_lif(x, state, **kw)
@@ -591,7 +602,8 @@ def _target_keywords(to: str) -> set:
 
 def _check_keywords(to: str, kwargs: dict) -> None:
     """Raise what revsnn raises for these keywords (a tiny no-grad call on the torch twin; a
-    per-channel tensor is checked against the input at the real call)."""
+    per-channel tensor is checked against the input at the real call, its values by
+    :meth:`_Node.check_values`)."""
     unknown = sorted(set(kwargs) - _target_keywords(to))
     if unknown:
         raise TypeError(f"unknown keyword(s) {unknown} for revsnn."
@@ -717,6 +729,8 @@ def convert(model: nn.Module, to: str = "lif", *, strict: bool = False,
         if not reasons:
             try:
                 new = plan.build(to, kw)
+                if isinstance(new, _Node):  # revsnn's layers check their own at construction
+                    new.check_values()
             except (ValueError, TypeError) as e:
                 reasons.append(str(e))
         if reasons:

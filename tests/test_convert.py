@@ -4,7 +4,11 @@ to="lif": the converted model computes what the original computed (forward bit-e
 to float32 rounding). to="revlif": it trains and keeps less for backward. Plus the report,
 strict, overrides, the step adapters and revsnn.convert.multistep, and bad input."""
 import copy
+import importlib
+import math
+import sys
 import warnings
+from collections import namedtuple
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from revsnn.convert import (SNNTORCH_SUBTRACT, ConversionReport, SnnTorchLeaky,
 from revsnn.memory import KeptBytes
 from revsnn.nn import reset_neurons
 
+from .conftest import dyadic
 from .test_parity import (assert_close_rel, needs_norse, needs_sj, needs_snn, norse, rand, sj,
                           snn)
 
@@ -676,3 +681,409 @@ def test_norse_cell_state_carries_a_zero_current():
     _, s = model[0](torch.rand(3, 4) + 0.2)
     assert s.v.abs().sum() > 0
     assert torch.equal(s.i, torch.zeros_like(s.v))
+
+
+# -- neurons left in place: configurations revsnn cannot reproduce ------------------------------
+def assert_left(model, name, source, reason, to="lif", **kwargs):
+    """``convert`` leaves ``model.<name>`` where it is and names it with ``reason`` (replacing
+    nothing); ``strict=True`` raises naming it, the model untouched."""
+    node = model.get_submodule(name)
+    with pytest.raises(ValueError, match="strict=True") as err:
+        revsnn.convert(model, to=to, strict=True, **kwargs)
+    assert f"{name}: {source}: " in str(err.value) and reason in str(err.value)
+    assert model.get_submodule(name) is node
+    report = revsnn.convert(model, to=to, **kwargs)
+    assert model.get_submodule(name) is node and not report.replaced
+    assert [(lf.name, lf.source) for lf in report.left] == [(name, source)]
+    assert reason in report.left[0].reason
+    assert f"left     {name}: {source}: " in str(report)
+    return report
+
+
+def _sj_precision():
+    node = sj.neuron.LIFNode(step_mode="m")
+    # what SpikingJelly's precision.prepare_model_for_precision sets on each multi-step node
+    # (its public entry point needs CUDA; on CPU the node refuses to run with it)
+    node._neuron_precision = (torch.bfloat16, "fp32", "fp32")
+    with pytest.raises(RuntimeError, match="requires CUDA"):
+        node(torch.rand(2, 1, 3))
+    return node
+
+
+def _sj_tensor(attr):
+    """A per-neuron v_threshold / v_reset put on a node after construction (its constructor
+    asserts floats). SpikingJelly's own kernel refuses it too; convert must leave it, not read
+    it as some number (or a v_reset as None: a soft reset)."""
+    node = sj.neuron.LIFNode(step_mode="m")
+    setattr(node, attr, torch.tensor([0.5, 0.25]))
+    with pytest.raises(RuntimeError, match="Expected a value of type"):
+        node(torch.rand(2, 1, 2))
+    sj.functional.reset_net(node)
+    return node
+
+
+def _sj_store_v_seq():
+    node = sj.neuron.LIFNode(step_mode="m", store_v_seq=True)
+    node(torch.rand(4, 2, 3))
+    assert node.v_seq.shape == (4, 2, 3)  # the trajectory revsnn does not record
+    sj.functional.reset_net(node)
+    return node
+
+
+def snn_steps(node, x):
+    """snnTorch ``Leaky`` with explicit ``mem`` over ``x`` ``[T, B, *]``: spikes and mems."""
+    mem, spikes, mems = node.init_leaky(), [], []
+    for xt in x:
+        spk, mem = node(xt, mem)
+        spikes.append(spk)
+        mems.append(mem)
+    return torch.stack(spikes), torch.stack(mems)
+
+
+def _snn_checked(check, **kwargs):
+    """A ``Leaky`` built with ``kwargs``, whose run on a fixed input ``x`` passes ``check(x,
+    spikes, mems)``: the option really does what the reason says."""
+    def build():
+        node = snn.Leaky(**{"beta": 0.9, "reset_mechanism": "zero", **kwargs})
+        if check is not None:
+            x = dyadic((6, 4, 3), 0, lo=0.2, hi=0.8)  # positive: every neuron charges
+            check(x, *snn_steps(node, x))
+        return node
+    return build
+
+
+def _quant(**kw):
+    return importlib.import_module("snntorch.functional.quant").state_quant(**kw)
+
+
+def _no_reset(_, spikes, mems):
+    # a non-spiking integrator: the potential never drops, it only leaks by beta
+    assert spikes.sum() > 0 and (mems[1:] >= 0.9 * mems[:-1]).all()
+
+
+def _one_winner(_, spikes, __):
+    # inhibition: only the largest potential of each sample may fire at a step
+    assert spikes.sum() > 0 and spikes.sum(-1).max() == 1
+
+
+def _graded(_, spikes, __):
+    assert set(spikes.unique().tolist()) == {0.0, 2.0}
+
+
+def _on_grid(_, __, mems):
+    # 4-bit state quantisation: the potential lives on a few levels
+    assert 1 < mems.unique().numel() <= 16
+
+
+def _memoryless(x, spikes, mems):
+    # beta clamped to 0: the potential is this step's input alone (revsnn's tau would be 1)
+    assert spikes.sum() == 0 and torch.equal(mems, x)
+
+
+def _middle_memoryless(x, spikes, mems):
+    # beta [0.5, 0, 0.5]: the middle neuron alone forgets (x < threshold: it never fires)
+    assert spikes[..., 1].sum() == 0 and torch.equal(mems[..., 1], x[..., 1])
+    assert not torch.equal(mems[..., 0], x[..., 0])
+
+
+def _per_element(x, spikes, mems):
+    # snnTorch runs a [4, 3] parameter neuron by neuron; revsnn takes one value per channel
+    assert spikes.shape == x.shape and 0 < spikes.mean() < 1
+    with pytest.raises(ValueError, match="one value per channel"):
+        revsnn.LIF(tau=torch.full((4, 3), 2.0))(x.unsqueeze(2))
+
+
+def _norse_box(**kw):
+    return norse.LIFBoxCell(norse.LIFBoxParameters(
+        **{"tau_mem_inv": torch.tensor(0.5), "method": "tanh", "alpha": torch.tensor(2.0),
+           **kw}), dt=1.0)
+
+
+def _norse_memoryless():
+    """dt*tau_mem_inv = 1: the potential is the input alone, whatever it was before."""
+    cell, x = _norse_box(tau_mem_inv=torch.tensor(1.0)), dyadic((2, 3), 0)
+    _, s = cell(x + 1.0)
+    assert s.v.abs().sum() > 0
+    assert torch.equal(cell(x, s)[1].v, cell(x)[1].v)
+    return cell
+
+
+def _norse_recording():
+    lif = norse.LIF(norse.LIFParameters(
+        tau_syn_inv=torch.tensor(1000.0), tau_mem_inv=torch.tensor(500.0), method="tanh",
+        alpha=torch.tensor(2.0)), record_states=True)
+    assert lif(dyadic((4, 2, 3), 0))[1].v.shape == (4, 2, 3)  # one state per step
+    return lif
+
+
+def _reset_halfway(z, v, reset, th):
+    """A user's reset method (Norse takes any callable): halfway to v_reset."""
+    return v - z * (v - reset) / 2
+
+
+LEFT = [
+    # (peer module, source, reason substring); the builders also check, where cheap, that the
+    # peer really behaves as the reason says
+    pytest.param(lambda: _sj_tensor("v_threshold"), "spikingjelly LIFNode",
+                 "v_threshold / v_reset are not plain numbers", marks=needs_sj,
+                 id="sj-tensor-threshold"),
+    # without the blocker v_reset would read as None, a soft reset: a silent wrong conversion
+    pytest.param(lambda: _sj_tensor("v_reset"), "spikingjelly LIFNode",
+                 "v_threshold / v_reset are not plain numbers", marks=needs_sj,
+                 id="sj-tensor-reset"),
+    pytest.param(_sj_store_v_seq, "spikingjelly LIFNode", "store_v_seq=True: revsnn records",
+                 marks=needs_sj, id="sj-store_v_seq"),
+    pytest.param(_sj_precision, "spikingjelly LIFNode", "an explicit neuron precision is set",
+                 marks=needs_sj, id="sj-precision"),
+    pytest.param(_snn_checked(_one_winner, inhibition=True, threshold=0.5), "snntorch Leaky",
+                 "inhibition=True: no revsnn counterpart", marks=needs_snn, id="snn-inhibition"),
+    pytest.param(lambda: _snn_checked(_on_grid, state_quant=_quant(num_bits=4))(),
+                 "snntorch Leaky", "state_quant is set: no revsnn counterpart", marks=needs_snn,
+                 id="snn-state_quant"),
+    pytest.param(_snn_checked(_graded, graded_spikes_factor=2.0), "snntorch Leaky",
+                 "graded_spikes_factor != 1", marks=needs_snn, id="snn-graded"),
+    # learnable: 1 now, any magnitude after a step of training
+    pytest.param(_snn_checked(None, learn_graded_spikes_factor=True), "snntorch Leaky",
+                 "graded_spikes_factor != 1", marks=needs_snn, id="snn-graded-learnable"),
+    pytest.param(_snn_checked(_no_reset, reset_mechanism="none"), "snntorch Leaky",
+                 "reset_mechanism='none' (a non-spiking integrator)", marks=needs_snn,
+                 id="snn-no-reset"),
+    pytest.param(_snn_checked(_memoryless, beta=0.0, threshold=2.0), "snntorch Leaky",
+                 "beta <= 0: no membrane memory", marks=needs_snn, id="snn-beta-zero"),
+    pytest.param(_snn_checked(_memoryless, beta=-0.5, threshold=2.0), "snntorch Leaky",
+                 "beta <= 0: no membrane memory", marks=needs_snn, id="snn-beta-negative"),
+    pytest.param(_snn_checked(_middle_memoryless, beta=torch.tensor([0.5, 0.0, 0.5])),
+                 "snntorch Leaky", "beta <= 0 somewhere", marks=needs_snn,
+                 id="snn-beta-zero-per-neuron"),
+    pytest.param(_snn_checked(_memoryless, beta=0.0, learn_beta=True, threshold=2.0),
+                 "snntorch Leaky", "beta <= 0 somewhere", marks=needs_snn,
+                 id="snn-beta-zero-learnable"),
+    pytest.param(_snn_checked(_per_element, beta=torch.linspace(0.25, 0.875, 12).view(4, 3)),
+                 "snntorch Leaky", "beta varies along more than one axis", marks=needs_snn,
+                 id="snn-beta-2d"),
+    pytest.param(_snn_checked(_per_element, threshold=torch.linspace(0.5, 1.5, 12).view(4, 3)),
+                 "snntorch Leaky", "threshold varies along more than one axis",
+                 marks=needs_snn, id="snn-threshold-2d"),
+    # one beta per row of a [4, 3] step, one threshold per column: two axes, one dim= at most
+    pytest.param(_snn_checked(None, beta=torch.tensor([0.5, 0.75, 0.875, 0.5]).view(4, 1),
+                              threshold=torch.tensor([0.5, 1.0, 1.5])),
+                 "snntorch Leaky", "beta and threshold vary along different axes",
+                 marks=needs_snn, id="snn-different-axes"),
+    pytest.param(_norse_memoryless, "norse LIFBoxCell",
+                 "dt*tau_mem_inv must be one number in (0, 1) (revsnn's tau = 1/(dt*tau_mem_inv) "
+                 "> 1), got 1.0", marks=needs_norse, id="norse-no-memory"),
+    pytest.param(lambda: _norse_box(tau_mem_inv=torch.tensor([0.5, 0.25])), "norse LIFBoxCell",
+                 "dt*tau_mem_inv must be one number in (0, 1) (revsnn's tau = 1/(dt*tau_mem_inv) "
+                 "> 1), got a tensor", marks=needs_norse, id="norse-per-neuron-tau"),
+    pytest.param(lambda: _norse_box(v_th=torch.tensor([0.5, 0.75])), "norse LIFBoxCell",
+                 "per-neuron v_leak / v_th / v_reset", marks=needs_norse,
+                 id="norse-per-neuron-threshold"),
+    pytest.param(lambda: _norse_box(reset_method=_reset_halfway), "norse LIFBoxCell",
+                 "reset_method _reset_halfway has no revsnn counterpart", marks=needs_norse,
+                 id="norse-custom-reset"),
+    pytest.param(_norse_recording, "norse LIF",
+                 "record_states=True: revsnn records no state sequence", marks=needs_norse,
+                 id="norse-record_states"),
+]
+
+
+@pytest.mark.parametrize("build,source,reason", LEFT)
+@pytest.mark.parametrize("to", ["lif", "revlif"])
+def test_unconvertible_neuron_is_left_and_named(build, source, reason, to):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # snnTorch warns that inhibition is unstable
+        node = build()
+    assert_left(nn.Sequential(nn.Identity(), node), "1", source, reason, to=to)
+
+
+@needs_snn
+@pytest.mark.parametrize("beta", [1.0, 1.5])
+def test_snntorch_beta_at_least_one_is_an_if_neuron(beta):
+    """snnTorch clamps beta to 1: no leak at all. revsnn.LIF needs a finite tau, so to="lif"
+    leaves the neuron; the reversible node has an IF mode (tau = inf) and takes it."""
+    node = snn.Leaky(beta=beta, threshold=10.0, reset_mechanism="zero")
+    x = dyadic((4, 2, 3), 0, lo=0.0, hi=1.0)
+    assert torch.equal(snn_steps(node, x)[1], x.cumsum(0))  # a pure sum: dyadic, exact
+    with pytest.raises(ValueError, match="tau must be finite"):
+        revsnn.LIF(tau=math.inf)
+    model = nn.Sequential(node)
+    assert_left(model, "0", "snntorch Leaky", "beta >= 1 (no leak, an IF neuron): revsnn.LIF "
+                "needs a finite tau; to='revlif' converts it")
+    report = revsnn.convert(model, to="revlif")
+    assert [r.name for r in report.replaced] == ["0"] and not report.left
+    assert isinstance(model[0], SnnTorchLeaky) and model[0].kwargs["tau"] == math.inf
+
+
+@needs_snn
+@pytest.mark.parametrize("kwargs,reason", [
+    (dict(surrogate_disable=True), "surrogate_disable=True (no surrogate gradient)"),
+    (dict(spike_grad=snn.surrogate.fast_sigmoid(slope=25) if snn else None),
+     "spike_grad 'fast_sigmoid.<locals>.inner' has no revsnn counterpart (revsnn has atan and "
+     "sigmoid)"),
+], ids=["surrogate_disable", "fast_sigmoid"])
+def test_snntorch_surrogate_without_counterpart_needs_an_override(kwargs, reason):
+    """A gradient revsnn cannot give leaves the neuron, unless surrogate= picks one (then the
+    replacement says which)."""
+    node = snn.Leaky(beta=0.5, reset_mechanism="zero", **kwargs)
+    if "surrogate_disable" in kwargs:  # snnTorch's bypass: a step with no gradient at all
+        x = torch.full((2, 3), 2.0, requires_grad=True)
+        spk, _ = node(x, node.init_leaky())
+        assert spk.sum() > 0 and not spk.requires_grad
+    model = nn.Sequential(node)
+    assert_left(model, "0", "snntorch Leaky", reason)
+    report = revsnn.convert(model, to="lif", surrogate="sigmoid")
+    assert [r.name for r in report.replaced] == ["0"] and not report.left
+    assert report.replaced[0].notes == (f"{reason}; converted with the override "
+                                        f"surrogate='sigmoid'",)
+    assert model[0].kwargs["surrogate"] == "sigmoid"
+
+
+@needs_norse
+def test_norse_subtract_reset_needs_no_leak_potential():
+    """Norse's reset_subtract is revsnn's soft reset, whose LIF leaks towards 0: exact with
+    v_leak = 0 (same spikes and potentials step by step), left with any other v_leak."""
+    reset_subtract = importlib.import_module("norse.torch.functional.reset").reset_subtract
+    x = rand((T, B, 5), 1.0, 0.5, seed=1)  # not on a grid: no potential lands on v_th
+    original = _norse_box(reset_method=reset_subtract, v_th=torch.tensor(0.5))
+    model = nn.Sequential(copy.deepcopy(original))
+    report = revsnn.convert(model, to="lif", backend="torch")
+    assert [r.name for r in report.replaced] == ["0"] and model[0].kwargs["v_reset"] is None
+    runs = []
+    for cell in (original, model[0]):
+        s, zs, vs = None, [], []
+        for xt in x:
+            z, s = cell(xt, s)
+            zs.append(z)
+            vs.append(s.v)
+        runs.append((torch.stack(zs), torch.stack(vs)))
+    assert runs[0][0].sum() > 0
+    assert torch.equal(runs[1][0], runs[0][0]) and torch.equal(runs[1][1], runs[0][1])
+    # with v_leak = 0.25 Norse's potential drifts from 0 towards 0.25 without input
+    leaky = _norse_box(reset_method=reset_subtract, v_leak=torch.tensor(0.25))
+    rest = sys.modules["norse.torch.functional.lif_box"].LIFBoxFeedForwardState(torch.zeros(2))
+    assert leaky(torch.zeros(2), rest)[1].v.eq(0.125).all()
+    assert_left(nn.Sequential(leaky), "0", "norse LIFBoxCell",
+                "soft reset with v_leak=0.25: revsnn's soft-reset LIF leaks towards 0")
+
+
+@pytest.mark.parametrize("build,source", [
+    pytest.param(lambda: sj.neuron.LIFNode(v_threshold=100.0, step_mode="m"),
+                 "spikingjelly LIFNode", marks=needs_sj, id="spikingjelly"),
+    pytest.param(lambda: snn.Leaky(beta=0.5, threshold=100.0, reset_mechanism="zero"),
+                 "snntorch Leaky", marks=needs_snn, id="snntorch"),
+    # kept as tensors (read at every call): checked by value once, as RevLIF's constructor
+    # checks its tensors; unchecked, the node would flag every state and run on to NaN
+    pytest.param(lambda: snn.Leaky(beta=0.5, threshold=100.0, learn_threshold=True,
+                                   reset_mechanism="zero"),
+                 "snntorch Leaky", marks=needs_snn, id="snntorch-learnable"),
+    pytest.param(lambda: snn.Leaky(beta=0.5, threshold=torch.tensor([1.0] * 5 + [100.0]),
+                                   reset_mechanism="zero"),
+                 "snntorch Leaky", marks=needs_snn, id="snntorch-per-neuron"),
+    pytest.param(lambda: _norse_box(v_th=nn.Parameter(torch.tensor(100.0))),
+                 "norse LIFBoxCell", marks=needs_norse, id="norse-learnable"),
+])
+def test_what_revsnn_refuses_to_build_is_left_with_its_error(build, source):
+    """A configuration the mapping accepts but the target layer refuses is left, the layer's
+    own error as the reason: the reversible node keeps thresholds as fixed-point words
+    (|v_threshold| <= 64); the peers, and revsnn.LIF (to="lif" converts it), take any float."""
+    node = build()
+    reason = "v_threshold must be finite and in [-64.0, 64.0], got 100.0"
+    assert_left(nn.Sequential(node), "0", source, reason, to="revlif")
+    with pytest.raises(ValueError, match=r"v_threshold must be finite and in \[-64.0, 64.0\]"):
+        revsnn.RevLIF(v_threshold=100.0)
+    model = nn.Sequential(node)
+    report = revsnn.convert(model, to="lif")
+    assert [r.name for r in report.replaced] == ["0"] and model[0] is not node
+
+
+@needs_norse
+def test_norse_state_class_missing_leaves_the_cell(monkeypatch):
+    """A Norse release without the feed-forward state class the adapter hands back (norse
+    1.1.0 has it: removed here) leaves the cell rather than failing at its first call."""
+    monkeypatch.delattr(sys.modules["norse.torch.functional.lif_box"], "LIFBoxFeedForwardState")
+    assert_left(nn.Sequential(_norse_box()), "0", "norse LIFBoxCell",
+                "Norse's state class was not found", surrogate="atan")
+
+
+@needs_sj
+def test_a_removed_child_module_is_skipped():
+    """``model.head = None`` keeps the slot in ``_modules`` with None in it."""
+    model = nn.Sequential(sj.neuron.LIFNode(step_mode="m"))
+    model.head = nn.Linear(2, 2)
+    model.head = None
+    model.tail = sj.neuron.LIFNode(step_mode="m")
+    assert "head" in model._modules and model._modules["head"] is None
+    report = revsnn.convert(model, to="lif", backend="torch")
+    assert [r.name for r in report.replaced] == ["0", "tail"] and not report.left
+    assert isinstance(model.tail, revsnn.LIF) and model.head is None
+
+
+@needs_sj
+def test_spikingjelly_adapter_refuses_an_unknown_step_mode():
+    """As SpikingJelly's own nodes do, also through its set_step_mode; the mode is unchanged."""
+    model = nn.Sequential(sj.neuron.LIFNode(step_mode="s"))
+    with pytest.raises(ValueError, match="step_mode can only be"):
+        model[0].step_mode = "t"
+    revsnn.convert(model, to="lif", backend="torch")
+    node = model[0]
+    assert isinstance(node, SpikingJellyNode)
+    with pytest.raises(ValueError, match="step_mode must be 's' or 'm', got 't'"):
+        node.step_mode = "t"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the adapter is not SpikingJelly's StepModule
+        with pytest.raises(ValueError, match="step_mode must be 's' or 'm'"):
+            sj.functional.set_step_mode(model, "multi")
+    assert node.step_mode == "s" and not node.multi_step
+
+
+Out = namedtuple("Out", "spikes mem tag")
+
+
+class _StructuredStep(nn.Module):
+    """A step network (Linear -> Leaky) whose forward returns the spikes ``[B, 6]``, the
+    potential and a non-tensor tag in a namedtuple, a list or a dict (the dict nesting a
+    list)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        self.fc = nn.Linear(4, 6)
+        self.lif = snn.Leaky(beta=0.75, init_hidden=True, output=True, reset_mechanism="zero")
+
+    def forward(self, x):
+        spk, mem = self.lif(self.fc(x))
+        if self.kind == "namedtuple":
+            return Out(spk, mem, "lif")
+        if self.kind == "list":
+            return [spk, mem, "lif"]
+        return {"spikes": spk, "more": [mem], "tag": "lif"}
+
+
+def _fields(out):
+    """(spikes, mem, tag) of a :class:`_StructuredStep` output."""
+    if isinstance(out, dict):
+        return out["spikes"], out["more"][0], out["tag"]
+    return tuple(out)
+
+
+@needs_snn
+@pytest.mark.parametrize("kind", ["namedtuple", "list", "dict"])
+def test_multistep_unfolds_structured_outputs(kind):
+    """multistep views every [T*B, *] tensor of the output as [T, B, *], keeps the container
+    types and leaves the rest (the final potential [B, *], a string) as it is: the same values
+    as running the network step by step."""
+    model = _StructuredStep(kind).double()  # float64: T*B rows or B rows round the same
+    revsnn.convert(model, to="lif", backend="torch")
+    x = dyadic((T, B, 4), 0, lo=0.0, hi=2.0).double()
+    reset_neurons(model)
+    steps = [model(xt) for xt in x]
+    out = multistep(model, x)
+    assert type(out) is type(steps[0])
+    if kind == "dict":
+        assert set(out) == {"spikes", "more", "tag"} and type(out["more"]) is list
+    spikes, mem, tag = _fields(out)
+    ref = torch.stack([_fields(s)[0] for s in steps])
+    assert spikes.shape == (T, B, 6) and mem.shape == (B, 6) and tag == "lif"
+    assert 0 < ref.mean() < 1
+    assert torch.equal(spikes, ref) and torch.equal(mem, _fields(steps[-1])[1])

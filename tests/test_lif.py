@@ -368,6 +368,27 @@ def test_layer_keeps_state_until_reset(backend):
     assert repr(revsnn.LIF(step_mode="s")) == "LIF(tau=2.0, v_threshold=1.0, step_mode='s')"
 
 
+def test_layer_if_channels(backend):
+    """A tensor tau may hold inf with decay_input=False (a learned snnTorch beta clamped at 1):
+    those channels integrate V + X with no leak; with decay_input the input would be divided
+    by inf, so the layer refuses it."""
+    tau = torch.tensor([2.0, math.inf, 3.0, math.inf, 2.0, 4.0], device=DEVICE)
+    node = revsnn.LIF(tau=tau, decay_input=False, v_reset=None, backend=backend)
+    x = make_x((5, 2, 6, 3), seed=31)
+    s, v = node(x), node.v
+    sr, vr = lif_bptt(x.double(), tau=tau.double(), decay_input=False, v_reset=None)
+    assert torch.equal(s, sr.float())
+    assert_close_rel(v, vr.float())
+    acc, spikes = torch.zeros_like(x[0, :, 1]), []
+    for xt in x[:, :, 1]:  # channel 1 by hand: integrate, fire at 1, subtract 1
+        acc = acc + xt
+        spikes.append((acc >= 1).float())
+        acc = acc - spikes[-1]
+    assert torch.equal(s[:, :, 1], torch.stack(spikes)) and s[:, :, 1].sum() > 0
+    with pytest.raises(ValueError, match=r"tau must be finite and > 1.0, got inf"):
+        revsnn.LIF(tau=tau)
+
+
 def test_layer_parameters(backend):
     node = revsnn.LIF(learn_tau=True, learn_threshold=True, channels=6,
                       backend=backend).to(DEVICE)

@@ -2,13 +2,12 @@
 ``revsnn.functional.lif``."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .._config import Param, check_param_values
+from .._config import Param, check_tensor_params
 from ..functional import _lif as F
 from ._keep import keep
 
@@ -28,7 +27,8 @@ class LIF(nn.Module):
         tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha, detach_reset: as
             :func:`revsnn.functional.lif`. ``tau`` and ``v_threshold`` may be tensors (one
             element, or one per channel along ``dim``): an ``nn.Parameter`` is learned, any
-            other tensor is a buffer.
+            other tensor is a buffer. Their values are checked here, once (tau > 1, or ``inf``
+            for an IF channel with ``decay_input=False``; v_threshold finite).
         learn_tau, learn_threshold: make a float ``tau`` / ``v_threshold`` a learnable
             parameter (ParametricLIF / snnTorch ``learn_beta``, ``learn_threshold`` style), one
             value, or one per channel when ``channels`` is given. tau is learned as it is used,
@@ -60,6 +60,7 @@ class LIF(nn.Module):
         # validate now rather than at the first call
         F._validate(tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha,
                     detach_reset, backend)
+        check_tensor_params("lif", tau, v_threshold, decay_input)
         self._set_param("tau", tau, learn_tau, channels)
         self._set_param("v_threshold", v_threshold, learn_threshold, channels)
         self.kwargs = dict(decay_input=decay_input, v_reset=v_reset, surrogate=surrogate,
@@ -71,8 +72,6 @@ class LIF(nn.Module):
 
     def _set_param(self, name: str, value: Param, learn: bool, channels: Optional[int]) -> None:
         """A float stays a float unless learned; a tensor becomes a parameter or a buffer."""
-        if isinstance(value, torch.Tensor):
-            check_param_values(value, name, 1.0 if name == "tau" else -math.inf, math.inf)
         if learn and not isinstance(value, nn.Parameter):
             t = torch.as_tensor(value, dtype=torch.float32).detach().clone()
             if channels is not None and t.numel() == 1:

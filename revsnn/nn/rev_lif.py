@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .._config import V_PARAM_MAX, Param, check_param_values
+from .._config import Param, check_tensor_params
 from .._readback import Readback
 from ..functional import _rev_lif as F
 from ..state import CHECKED_LATER, RevLIFState
@@ -46,11 +45,8 @@ class RevLIF(nn.Module):
                          v_reset=v_reset, alpha=alpha, beta1=beta1, beta2=beta2,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                          detach_reset=detach_reset), backward, backend, keep_stash, validate)
+        check_tensor_params("rev_lif", tau, v_threshold, decay_input)
         for name, value in (("tau", tau), ("v_threshold", v_threshold)):
-            if isinstance(value, torch.Tensor):
-                limits = ((1.0, math.inf, not decay_input) if name == "tau"
-                          else (-V_PARAM_MAX, V_PARAM_MAX, False, False))
-                check_param_values(value, name, *limits)
             keep(self, name, value)
         self.kwargs = dict(decay_input=decay_input, v_reset=v_reset, alpha=alpha, beta1=beta1,
                            beta2=beta2, surrogate=surrogate, surrogate_alpha=surrogate_alpha,
