@@ -340,6 +340,28 @@ def test_sweep_host_times_runs_every_layer():
     assert any(k.startswith("SpikingJelly") for k in rows) == cuda
 
 
+@pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="the raw launches need Triton: a GPU or the interpreter")
+def test_sweep_table_compares_launch_configurations_and_a_baseline(capsys):
+    """The launch-configuration sweep (a GPU tuning tool) on a tiny odd shape: a row per
+    configuration and one for a baseline copy of kernels/, each with the same bits as the
+    first; the timings come from the stand-in bench (1 ms each)."""
+    from bench import sweep
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    timed = []
+    default = revsnn.ops._dispatch.LAUNCH["rev_lif"]
+    step = sweep.sweep((3, 2, 10), sweep.CONFIGS[:2], lambda fn: (timed.append(fn()), 1.0)[1],
+                       device=device, baseline=sweep.load_kernels("kernels"))
+    step()
+    assert revsnn.ops._dispatch.LAUNCH["rev_lif"] == default  # put back after the sweep
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| current") or line.startswith("| baseline")]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| current", "128", "4"], ["| current", "256", "4"], ["| baseline", "128", "4"]]
+    assert all(r.endswith("| True |") for r in rows)
+    assert len(timed) == 1 + 2 * len(rows) + 2  # the copy, fwd and bwd per row, the autograd call
+
+
 def test_peak_cuda_path_with_the_allocator_calls_replaced(monkeypatch):
     """bench.peak's CUDA path runs on GPU machines only; here its torch.cuda calls are replaced
     by stand-ins (a fixed allocator trace) so that every line of it runs on CPU too."""
