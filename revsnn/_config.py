@@ -382,10 +382,15 @@ class LIFConfig(_NeuronOptions):
                 raise TypeError(f"{name} must be a float" + (" or None" if name == "v_reset"
                                                              else " or a tensor")
                                 + f", got {type(v).__name__}")
-            if not math.isfinite(v):
-                raise ValueError(f"{name} must be finite, got {v}")
+            if not math.isfinite(v) and not (name == "tau" and v == math.inf):
+                raise ValueError(f"{name} must be finite" + (" (or math.inf)" if name == "tau"
+                                                             else "") + f", got {v}")
         if not isinstance(tau, torch.Tensor) and not tau > 1:
             raise ValueError(f"tau must be > 1 (SpikingJelly's LIFNode), got {tau}")
         surrogate_alpha = surrogate_slope(surrogate, surrogate_alpha)
-        return LIFConfig(bool(decay_input), None if v_reset is None else float(v_reset),
+        # tau = inf is the IF neuron, V + I (SpikingJelly's IFNode), whatever decay_input says,
+        # as in the reversible node: charged without decay_input, nothing divides by inf
+        is_if = not isinstance(tau, torch.Tensor) and math.isinf(tau)
+        return LIFConfig(bool(decay_input) and not is_if,
+                         None if v_reset is None else float(v_reset),
                          surrogate, float(surrogate_alpha), bool(detach_reset))

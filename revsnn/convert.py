@@ -13,8 +13,8 @@ Mappings (docs/bring_your_own_model.md shows them in use):
   LIF *is* SpikingJelly's ``LIFNode``): tau, decay_input, v_threshold, v_reset (None: soft
   reset), detach_reset, surrogate ``Sigmoid``/``ATan`` with its alpha. ``ParametricLIFNode``
   keeps its learnable ``w`` (``tau = 1/sigmoid(w)``, applied as a division: equal to
-  SpikingJelly's multiplication up to rounding). ``IFNode``: ``to="revlif"`` only (revsnn.LIF
-  needs a finite tau). Multi-step nodes become ``revsnn.LIF`` / ``revsnn.RevLIF`` themselves.
+  SpikingJelly's multiplication up to rounding). ``IFNode``: ``tau=inf``, ``V + X``.
+  Multi-step nodes become ``revsnn.LIF`` / ``revsnn.RevLIF`` themselves.
 * snnTorch ``Leaky``: ``tau = 1/(1 - beta)``, ``decay_input=False``; ``"zero"`` reset ->
   ``v_reset=0``, ``"subtract"`` -> soft reset; ``detach_reset=reset_delay`` (snnTorch's delayed
   reset, its default, is detached; its immediate one is not); ``spike_grad`` ``atan(alpha)`` /
@@ -397,9 +397,6 @@ def _map_spikingjelly(m: nn.Module, kind: str, to: str) -> _Plan:
     multi = m.step_mode == "m"
     plan.step_input = not multi
     if kind == "IFNode":
-        if to == "lif":
-            plan.blockers.append("revsnn.LIF needs a finite tau > 1 (no IF mode); "
-                                 "to='revlif' converts IFNode (tau=inf)")
         plan.kwargs["tau"] = math.inf
     elif kind == "LIFNode":
         plan.kwargs.update(tau=float(m.tau), decay_input=bool(m.decay_input))
@@ -462,10 +459,7 @@ def _map_snntorch(m: nn.Module, kind: str, to: str) -> _Plan:
                 b = min(max(value, 0.0), 1.0)  # snnTorch clamps beta to [0, 1]
                 if b <= 0:
                     plan.blockers.append("beta <= 0: no membrane memory (tau would be <= 1)")
-                elif b >= 1:
-                    if to == "lif":
-                        plan.blockers.append("beta >= 1 (no leak, an IF neuron): revsnn.LIF "
-                                             "needs a finite tau; to='revlif' converts it")
+                elif b >= 1:  # no leak: the IF neuron
                     plan.kwargs[key] = math.inf
                 else:
                     plan.kwargs[key] = 1.0 / (1.0 - b)

@@ -118,6 +118,25 @@ def test_spikingjelly_to_lif_is_the_same_model():
 
 
 @needs_sj
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_spikingjelly_if_node_is_the_same_model(v_reset):
+    """IFNode (V + X) becomes revsnn.LIF(tau=inf): bit-equal, hard or soft reset, multi-step
+    and step by step; to="revlif" takes tau=inf too."""
+    L, N = sj.layer, sj.neuron
+    for mode, run in (("m", run_sj), ("s", run_sj_steps)):
+        torch.manual_seed(0)
+        original = excite(nn.Sequential(L.Conv2d(2, 4, 3, padding=1, step_mode=mode),
+                                        N.IFNode(v_reset=v_reset, step_mode=mode),
+                                        L.Conv2d(4, 4, 3, padding=1, step_mode=mode),
+                                        N.IFNode(v_reset=v_reset, step_mode=mode)))
+        converted, _ = converted_all(original, ["1", "3"])
+        assert math.isinf(converted[1].tau if mode == "m" else converted[1].kwargs["tau"])
+        assert_same_model(original, converted, run)
+    report = revsnn.convert(nn.Sequential(N.IFNode(step_mode="m")), to="revlif")
+    assert not report.left and "tau=inf" in report.replaced[0].target
+
+
+@needs_sj
 def test_spikingjelly_single_step_nodes_keep_working():
     original = sj_net("s")
     converted, report = converted_copy(original)
@@ -424,7 +443,8 @@ def test_report_names_what_was_left_and_strict_leaves_the_model_alone():
     shared = snn.Leaky(beta=0.5)
     model = nn.Sequential(N.LIFNode(step_mode="m"),
                           N.LIFNode(step_mode="m", surrogate_function=S.PiecewiseQuadratic()),
-                          N.IFNode(step_mode="m"), snn.Synaptic(alpha=0.9, beta=0.8),
+                          N.LIFNode(step_mode="m", store_v_seq=True),
+                          snn.Synaptic(alpha=0.9, beta=0.8),
                           nn.Sequential(shared), shared, nn.ReLU())
     before = [type(m) for m in model]
     with pytest.raises(ValueError, match="strict=True") as err:
@@ -437,15 +457,11 @@ def test_report_names_what_was_left_and_strict_leaves_the_model_alone():
     assert model[5] is model[4][0] and isinstance(model[5], SnnTorchLeaky)
     left = {lf.name: lf.reason for lf in report.left}
     assert set(left) == {"1", "2", "3"}
-    assert "PiecewiseQuadratic" in left["1"] and "finite tau" in left["2"]
+    assert "PiecewiseQuadratic" in left["1"] and "store_v_seq" in left["2"]
     assert left["3"] == "no revsnn counterpart"
     text = str(report)
     assert text.startswith("revsnn.convert(to='lif'): 2 replaced, 3 left in place")
     assert "left     3: snntorch Synaptic: no revsnn counterpart" in text
-    # IFNode converts to the reversible node (tau = inf)
-    report = revsnn.convert(model, to="revlif")
-    assert [r.name for r in report.replaced] == ["2"]
-    assert model[2].tau == float("inf")
 
 
 @needs_sj
@@ -899,19 +915,20 @@ def test_unconvertible_neuron_is_left_and_named(build, source, reason, to):
 @needs_snn
 @pytest.mark.parametrize("beta", [1.0, 1.5])
 def test_snntorch_beta_at_least_one_is_an_if_neuron(beta):
-    """snnTorch clamps beta to 1: no leak at all. revsnn.LIF needs a finite tau, so to="lif"
-    leaves the neuron; the reversible node has an IF mode (tau = inf) and takes it."""
-    node = snn.Leaky(beta=beta, threshold=10.0, reset_mechanism="zero")
+    """snnTorch clamps beta to 1: no leak at all, the IF neuron (tau = inf) of both revsnn
+    nodes; to="lif" computes what snnTorch computed, bit for bit."""
     x = dyadic((4, 2, 3), 0, lo=0.0, hi=1.0)
+    node = snn.Leaky(beta=beta, threshold=10.0, reset_mechanism="zero")
     assert torch.equal(snn_steps(node, x)[1], x.cumsum(0))  # a pure sum: dyadic, exact
-    with pytest.raises(ValueError, match="tau must be finite"):
-        revsnn.LIF(tau=math.inf)
-    model = nn.Sequential(node)
-    assert_left(model, "0", "snntorch Leaky", "beta >= 1 (no leak, an IF neuron): revsnn.LIF "
-                "needs a finite tau; to='revlif' converts it")
-    report = revsnn.convert(model, to="revlif")
-    assert [r.name for r in report.replaced] == ["0"] and not report.left
-    assert isinstance(model[0], SnnTorchLeaky) and model[0].kwargs["tau"] == math.inf
+    for to in ("lif", "revlif"):
+        model = nn.Sequential(snn.Leaky(beta=beta, threshold=0.7, reset_mechanism="zero"))
+        ref = snn_steps(model[0], x * 0.8)
+        report = revsnn.convert(model, to=to)
+        assert [r.name for r in report.replaced] == ["0"] and not report.left
+        assert isinstance(model[0], SnnTorchLeaky) and model[0].kwargs["tau"] == math.inf
+        if to == "lif":  # the spikes (the mem handed back is the one after the reset)
+            out = snn_steps(model[0], x * 0.8)
+            assert ref[0].sum() > 0 and torch.equal(out[0], ref[0])
 
 
 @needs_snn

@@ -17,6 +17,7 @@ NODE_OPTIONS = {
     "no_decay": dict(decay_input=False, tau=4.0),
     "vr_vth": dict(v_reset=-0.25, v_threshold=0.75, tau=3.0),
     "soft_no_decay": dict(v_reset=None, decay_input=False, tau=1.5, v_threshold=0.3),
+    "if": dict(tau=math.inf, v_reset=None, v_threshold=1.5),  # SpikingJelly's IFNode: V + X
 }
 REL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -67,6 +68,8 @@ def check_against_bptt(backend, kw, shape, dtype=torch.float32, seed=0):
     (dict(decay_input=False), [1, 1, 1, 0, 1], 0.0),
     # starts at v_reset = -.5: .25, .625, .8125, .15625, .640625
     (dict(v_reset=-0.5), [0, 0, 0, 0, 0], 0.640625),
+    # IF, soft reset, H = V + X (decay_input has no input to divide): 1.5, 2, 2.5, 1.5, 2.125
+    (dict(tau=math.inf, v_reset=None), [1, 1, 1, 1, 1], 1.125),
 ])
 def test_hand_computed_trajectory(backend, option, spikes, v_last):
     """x = 1.5, 1.5, 1.5, 0, 1.625 (exact binary fractions); tau 2, v_threshold 1. H equal to
@@ -111,7 +114,7 @@ def test_per_channel_forward(backend):
 
 
 # -- gradients -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("option", ["hard", "soft", "no_decay", "vr_vth"])
+@pytest.mark.parametrize("option", ["hard", "soft", "no_decay", "vr_vth", "if"])
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
 @pytest.mark.parametrize("detach_reset", [False, True])
 def test_gradients_match_float64_bptt(backend, option, surrogate, detach_reset):
@@ -319,7 +322,7 @@ def test_layouts_and_empty(backend):
     (lambda x: lif(x, 0.0), TypeError, "v must be"),
     (lambda x: lif(x, tau=1.0), ValueError, "tau must be > 1"),
     (lambda x: lif(x, tau=float("nan")), ValueError, "tau must be finite"),
-    (lambda x: lif(x, tau=math.inf), ValueError, "tau must be finite"),
+    (lambda x: lif(x, tau=-math.inf), ValueError, r"tau must be finite \(or math.inf\)"),
     (lambda x: lif(x, tau="2"), TypeError, "tau must be a float"),
     (lambda x: lif(x, tau=torch.ones(5, device=x.device) * 2), ValueError,
      r"tau must be .*shape \[6\]"),
@@ -341,6 +344,7 @@ def test_layouts_and_empty(backend):
     (lambda x: lif(x, tau=torch.ones(0)), ValueError, "tau must be"),
     (lambda x: revsnn.LIF(detach_reset=None), TypeError, "detach_reset"),
     (lambda x: revsnn.LIF(learn_tau=True, channels=True), ValueError, "channels"),
+    (lambda x: revsnn.LIF(tau=math.inf, learn_tau=True), ValueError, "no leak to learn"),
     (lambda x: revsnn.LIF(dim="a", step_mode="s"), TypeError, "dim must be an int"),
     (lambda x: revsnn.LIF(dim=0, step_mode="s"), ValueError, "time dim"),
     (lambda x: revsnn.LIF(surrogate="relu"), ValueError, "surrogate"),

@@ -78,10 +78,11 @@ def lif(x: torch.Tensor, v: Optional[torch.Tensor] = None, *, tau: Param = 2.0,
         x: ``[T, B, *]`` float32/float64/float16/bfloat16.
         v: initial potential ``[B, *]`` (any float dtype; receives a gradient if it requires
             one), or None: ``v_reset`` (0 for soft reset), as SpikingJelly starts.
-        tau: > 1; a float, or a tensor with one element or one per channel along ``dim``
-            (e.g. an ``nn.Parameter``: it gets a gradient). Tensor values are not checked
-            here (the ``LIF`` layer checks them once); a tensor's ``inf`` with
-            ``decay_input=False`` is an IF channel, ``V + X`` (a learned snnTorch beta at 1).
+        tau: > 1, or ``math.inf``: the IF neuron ``V + X`` (SpikingJelly's ``IFNode``,
+            whatever ``decay_input`` says); a float, or a tensor with one element or one per
+            channel along ``dim`` (e.g. an ``nn.Parameter``: it gets a gradient). Tensor
+            values are not checked here (the ``LIF`` layer checks them once); a tensor's
+            ``inf`` is an IF channel with ``decay_input=False`` (a learned snnTorch beta at 1).
         v_threshold: a float, or a tensor like ``tau``.
         v_reset: a float (hard reset) or None (soft reset).
         surrogate, surrogate_alpha: ``"sigmoid"`` (alpha 4) or ``"atan"`` (alpha 2),
