@@ -230,7 +230,7 @@ def check_tensor_params(op: str, tau: Param, v_threshold: Param, decay_input: bo
     ``revsnn.convert``, once: the ops check tensor values on the device on every call (a bad
     value flags the state, no sync)."""
     rev = op == "rev_lif"
-    if isinstance(tau, torch.Tensor):  # inf: an IF channel, V + I (with decay_input, I / inf)
+    if isinstance(tau, torch.Tensor):  # inf: an IF channel, V + I (decay_input: I/inf = 0)
         check_param_values(tau, "tau", 1.0, math.inf, allow_inf=not decay_input)
     if isinstance(v_threshold, torch.Tensor):
         lim = V_PARAM_MAX if rev else math.inf
