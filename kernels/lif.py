@@ -130,8 +130,9 @@ def lif_bwd_kernel(
     for i in range(T):
         t = T - 1 - i
         h = h_prev
-        # prefetch H of the step before (the charge of tau's gradient needs its reset potential)
-        h_prev = tl.load(hp - N, mask=mask & (t > 0), other=0.0)
+        # prefetch H of the step before (the charge of tau's gradient needs its reset potential);
+        # t as a block, not a scalar: triton 3.9's interpreter rejects a mask & a Python bool
+        h_prev = tl.load(hp - N, mask=mask & (tl.zeros_like(n) + t > 0), other=0.0)
         sg = surrogate_grad(h - vth, sg_alpha, SURROGATE)
         s = (h >= vth).to(acc)
         du_dm, du_ds = reset_partials(h, s, vth, vr, HARD, DETACH_RESET)
