@@ -696,6 +696,24 @@ def test_kernel_plan_lists_each_implementation_once(mode, dev, tmp_path):
         assert set(impls) | set(skip) == set(every)
 
 
+@pytest.mark.parametrize("mode", ["tiny", "quick", "priority", "full"])
+@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+def test_memory_and_network_plans_name_what_exists(mode, dev, tmp_path):
+    """The plans of every mode, the GPU ones included (they run only on a lent GPU), name
+    implementations, variants and models that exist, each once, skipped ones apart."""
+    ctx = Context(tmp_path, {}, torch.device(dev), mode)
+    pairs, Ts, dtypes, skipped = memory.plan(ctx)
+    keys = [k for k, _ in pairs]
+    assert set(keys) | set(skipped) <= set(nodes.NODES) and not set(keys) & set(skipped)
+    assert len(pairs) == len(set(pairs)) and Ts and torch.float32 in dtypes
+    assert {d for _, d in pairs} == ({"cuda"} if dev == "cuda" else {"cpu", "meta"})
+    cfg = network.plan(ctx)
+    headline = {"vgg11"} if mode == "tiny" else {"vgg11", "resnet18"}  # the targets' models
+    assert headline <= set(cfg["models"]) <= set(models.MODELS)
+    assert set(cfg["variants"]) <= set(network.VARIANTS) and "revlif-rev" in cfg["variants"]
+    assert len(cfg["variants"]) == len(set(cfg["variants"]))
+
+
 def test_node_settings(monkeypatch):
     import revsnn.functional
     calls = []
