@@ -219,17 +219,25 @@ def _check_scalar(v, name: str, lo: float, hi: float, allow_inf: bool = False,
 def check_param_values(t: torch.Tensor, name: str, lo: float, hi: float,
                        allow_inf: bool = False, lo_open: bool = True) -> None:
     """Every value of a tensor tau or v_threshold, checked as a number would be. Reads the
-    tensor on the host: for the layers' constructors, not for every call."""
+    tensor on the host: for the layers' constructors, not for every call. A meta tensor has no
+    values to read (the ops check them again on the device)."""
+    if t.is_meta:
+        return
     for v in t.detach().reshape(-1).tolist():
         _check_scalar(v, name, lo, hi, allow_inf, lo_open)
 
 
 def check_tensor_params(op: str, tau: Param, v_threshold: Param, decay_input: bool) -> None:
     """The values of a tensor ``tau`` / ``v_threshold`` of op ``"lif"`` or ``"rev_lif"``,
-    checked on the host against the ranges their numbers have. For the layers' constructors and
-    ``revsnn.convert``, once: the ops check tensor values on the device on every call (a bad
-    value flags the state, no sync)."""
+    checked on the host against the ranges their numbers have, and a learned (Parameter) tau
+    finite. For the layers' constructors and ``revsnn.convert``, once: the reversible node
+    checks tensor values on the device on every call (a bad value flags the state, no
+    sync)."""
     rev = op == "rev_lif"
+    if isinstance(tau, torch.nn.Parameter) and not tau.is_meta and bool(tau.isinf().any()):
+        raise ValueError("a learned tau (nn.Parameter) must be finite: inf is the IF neuron, "
+                         "with no leak to learn (its gradient is 0, and weight decay would "
+                         "make it NaN)")
     if isinstance(tau, torch.Tensor):  # inf: an IF channel, V + I (decay_input: I/inf = 0)
         check_param_values(tau, "tau", 1.0, math.inf, allow_inf=not decay_input)
     if isinstance(v_threshold, torch.Tensor):

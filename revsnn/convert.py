@@ -139,12 +139,18 @@ class _Node(nn.Module):
         return {**self.kwargs, **{k: getattr(self, k) for k in self.learned}, **self._params()}
 
     def check_values(self) -> None:
-        """Raise for a tensor tau / v_threshold value out of the node's range, as the layers'
-        constructors do: the ops check tensor values on the device, where a bad one only
-        flags the state (a RevLIF threshold above 64 would run on, to NaN potentials)."""
+        """For ``to="revlif"``, raise for a tensor tau / v_threshold value out of the node's
+        fixed-point range, as RevLIF's constructor does: the op checks tensor values on the
+        device, where a bad one only flags the state (a threshold above 64 would run on, to
+        NaN potentials). ``to="lif"`` computes in float whatever the source computed."""
+        if self.to == "lif":
+            return
         kw = self._keywords()
-        check_tensor_params("lif" if self.to == "lif" else "rev_lif", kw.get("tau"),
-                            kw.get("v_threshold"), kw.get("decay_input", True))
+        try:
+            check_tensor_params("rev_lif", kw.get("tau"), kw.get("v_threshold"),
+                                kw.get("decay_input", True))
+        except ValueError as e:  # say where a value the user never set comes from
+            raise ValueError(", ".join(self._derived() + [str(e)])) from None
 
     def run(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """x ``[T, B, *]``; state: None, a float ``[B, *]`` or a RevLIFState (revlif)."""

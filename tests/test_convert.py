@@ -1013,6 +1013,28 @@ def test_what_revsnn_refuses_to_build_is_left_with_its_error(build, source):
     assert [r.name for r in report.replaced] == ["0"] and model[0] is not node
 
 
+@needs_sj
+def test_derived_values_are_checked_for_the_reversible_node_only():
+    """A ParametricLIFNode whose sigmoid(w) rounds to 1 has tau = 1 (no memory): revsnn.LIF
+    computes that in float, as SpikingJelly does (bit-equal), so to="lif" converts it; the
+    reversible node's fixed point needs tau > 1, so to="revlif" leaves it, saying where the 1
+    comes from. On meta tensors there is no value to check."""
+    def plif():
+        node = sj.neuron.ParametricLIFNode(step_mode="m")
+        with torch.no_grad():
+            node.w.fill_(20.0)
+        return node
+    original = nn.Sequential(plif())
+    converted, _ = converted_all(original, ["0"])
+    x = frame(2, channels=3, grad=False)
+    ref = run_sj(original, x)
+    assert torch.equal(run_sj(converted, x), ref) and ref.sum() > 0
+    assert_left(nn.Sequential(plif()), "0", "spikingjelly ParametricLIFNode",
+                "tau=1/sigmoid(w), tau must be finite and > 1.0, got 1.0", to="revlif")
+    on_meta = nn.Sequential(plif()).to("meta")
+    assert [r.name for r in revsnn.convert(on_meta, to="revlif").replaced] == ["0"]
+
+
 @needs_norse
 def test_norse_state_class_missing_leaves_the_cell(monkeypatch):
     """A Norse release without the feed-forward state class the adapter hands back (norse

@@ -2,7 +2,6 @@
 ``revsnn.functional.lif``."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -62,9 +61,9 @@ class LIF(nn.Module):
         F._validate(tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha,
                     detach_reset, backend)
         check_tensor_params("lif", tau, v_threshold, decay_input)
-        if learn_tau and not isinstance(tau, torch.Tensor) and math.isinf(tau):
+        if learn_tau and bool(torch.as_tensor(tau).isinf().any()):
             raise ValueError("learn_tau=True with tau=inf: the IF neuron has no leak to learn "
-                             "(and 1/tau's gradient is 0 there)")
+                             "(its gradient is 0, and weight decay would make it NaN)")
         self._set_param("tau", tau, learn_tau, channels)
         self._set_param("v_threshold", v_threshold, learn_threshold, channels)
         self.kwargs = dict(decay_input=decay_input, v_reset=v_reset, surrogate=surrogate,
