@@ -381,7 +381,8 @@ def _sj_surrogate(sf: Any, plan: _Plan) -> None:
     surrogate = _sj("surrogate")
     for name, cls in (("sigmoid", "Sigmoid"), ("atan", "ATan")):
         if (surrogate is not None and type(sf) is getattr(surrogate, cls, None)
-                and getattr(sf, "spiking", True) and _scalar(getattr(sf, "alpha", None))):
+                and getattr(sf, "spiking", True)
+                and _scalar(getattr(sf, "alpha", None)) is not None):
             plan.kwargs.update(surrogate=name, surrogate_alpha=_scalar(sf.alpha))
             return
     plan.problems["surrogate"] = (f"surrogate_function {type(sf).__name__} has no revsnn "
@@ -427,10 +428,10 @@ def _snntorch_surrogate(m: nn.Module, plan: _Plan) -> None:
     qual = getattr(fn, "__qualname__", "")
     if getattr(fn, "__module__", None) == "snntorch.surrogate" and fn.__closure__:
         found = inspect.getclosurevars(fn).nonlocals
-        if qual == "atan.<locals>.inner" and _scalar(found.get("alpha")):
+        if qual == "atan.<locals>.inner" and _scalar(found.get("alpha")) is not None:
             plan.kwargs.update(surrogate="atan", surrogate_alpha=_scalar(found["alpha"]))
             return
-        if qual == "sigmoid.<locals>.inner" and _scalar(found.get("slope")):
+        if qual == "sigmoid.<locals>.inner" and _scalar(found.get("slope")) is not None:
             plan.kwargs.update(surrogate="sigmoid", surrogate_alpha=_scalar(found["slope"]))
             return
     plan.problems["surrogate"] = (f"spike_grad {qual or fn!r} has no revsnn counterpart "

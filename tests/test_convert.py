@@ -1013,6 +1013,20 @@ def test_what_revsnn_refuses_to_build_is_left_with_its_error(build, source):
     assert [r.name for r in report.replaced] == ["0"] and model[0] is not node
 
 
+@pytest.mark.parametrize("build,source", [
+    pytest.param(lambda: sj.neuron.LIFNode(step_mode="m",
+                                           surrogate_function=sj.surrogate.Sigmoid(alpha=0.0)),
+                 "spikingjelly LIFNode", marks=needs_sj, id="spikingjelly"),
+    pytest.param(lambda: snn.Leaky(beta=0.5, spike_grad=snn.surrogate.atan(alpha=0.0)),
+                 "snntorch Leaky", marks=needs_snn, id="snntorch"),
+])
+def test_surrogate_of_width_zero_is_left_for_its_alpha(build, source):
+    """A surrogate revsnn has, with alpha 0 (no gradient at all): left, and the reason is the
+    alpha, not the surrogate's kind."""
+    assert_left(nn.Sequential(build()), "0", source,
+                "surrogate_alpha must be a positive float, got 0.0")
+
+
 @needs_sj
 def test_derived_values_are_checked_for_the_reversible_node_only():
     """A ParametricLIFNode whose sigmoid(w) rounds to 1 has tau = 1 (no memory): revsnn.LIF
