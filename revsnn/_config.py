@@ -227,17 +227,19 @@ def check_param_values(t: torch.Tensor, name: str, lo: float, hi: float,
         _check_scalar(v, name, lo, hi, allow_inf, lo_open)
 
 
-def check_tensor_params(op: str, tau: Param, v_threshold: Param, decay_input: bool) -> None:
+def check_tensor_params(op: str, tau: Param, v_threshold: Param, decay_input: bool,
+                        learn_tau: bool = False) -> None:
     """The values of a tensor ``tau`` / ``v_threshold`` of op ``"lif"`` or ``"rev_lif"``,
-    checked on the host against the ranges their numbers have, and a learned (Parameter) tau
-    finite. For the layers' constructors and ``revsnn.convert``, once: the reversible node
-    checks tensor values on the device on every call (a bad value flags the state, no
-    sync)."""
+    checked on the host against the ranges their numbers have, and a learned tau (an
+    ``nn.Parameter``, or ``learn_tau``) finite. For the layers' constructors and
+    ``revsnn.convert``, once: the reversible node checks tensor values on the device on every
+    call (a bad value flags the state, no sync)."""
     rev = op == "rev_lif"
-    if isinstance(tau, torch.nn.Parameter) and not tau.is_meta and bool(tau.isinf().any()):
-        raise ValueError("a learned tau (nn.Parameter) must be finite: inf is the IF neuron, "
-                         "with no leak to learn (its gradient is 0, and weight decay would "
-                         "make it NaN)")
+    learned = torch.as_tensor(tau) if learn_tau or isinstance(tau, torch.nn.Parameter) else None
+    if learned is not None and not learned.is_meta and bool(learned.isinf().any()):
+        raise ValueError("a learned tau (learn_tau=True or an nn.Parameter) must be finite: "
+                         "inf is the IF neuron, with no leak to learn (its gradient is 0, and "
+                         "weight decay would make it NaN)")
     if isinstance(tau, torch.Tensor):  # inf: an IF channel, V + I (decay_input: I/inf = 0)
         check_param_values(tau, "tau", 1.0, math.inf, allow_inf=not decay_input)
     if isinstance(v_threshold, torch.Tensor):

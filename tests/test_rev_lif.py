@@ -548,7 +548,7 @@ def test_empty_batch_and_single_step(backend):
     (lambda x: revsnn.RevLIF(v_threshold=torch.tensor([65.0])), ValueError, "v_threshold"),
     (lambda x: revsnn.RevLIF(keep_stash=1.5), TypeError, "keep_stash"),
     (lambda x: revsnn.RevLIF(tau=torch.nn.Parameter(torch.tensor([2.0, math.inf])),
-                             decay_input=False), ValueError, r"a learned tau \(nn.Parameter\)"),
+                             decay_input=False), ValueError, "a learned tau .* must be finite"),
     (lambda x: rev_lif(x, alpha="1"), TypeError, "alpha must be a float"),
     (lambda x: rev_lif(x, alpha=0.0), ValueError, "alpha must be a finite non-zero power"),
     (lambda x: rev_lif(x, beta1=-math.inf), ValueError, "beta1 must be a finite non-zero"),

@@ -60,10 +60,7 @@ class LIF(nn.Module):
         # validate now rather than at the first call
         F._validate(tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha,
                     detach_reset, backend)
-        check_tensor_params("lif", tau, v_threshold, decay_input)
-        if learn_tau and bool(torch.as_tensor(tau).isinf().any()):
-            raise ValueError("learn_tau=True with tau=inf: the IF neuron has no leak to learn "
-                             "(its gradient is 0, and weight decay would make it NaN)")
+        check_tensor_params("lif", tau, v_threshold, decay_input, learn_tau)
         self._set_param("tau", tau, learn_tau, channels)
         self._set_param("v_threshold", v_threshold, learn_threshold, channels)
         self.kwargs = dict(decay_input=decay_input, v_reset=v_reset, surrogate=surrogate,
