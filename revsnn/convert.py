@@ -603,8 +603,8 @@ def _target_keywords(to: str) -> set:
 
 def _check_keywords(to: str, kwargs: dict) -> None:
     """Raise what revsnn raises for these keywords (a tiny no-grad call on the torch twin; a
-    per-channel tensor is checked against the input at the real call, its values by
-    :meth:`_Node.check_values`)."""
+    per-channel tensor is checked against the input at the real call, its values, for
+    ``to="revlif"``, by :meth:`_Node.check_values`)."""
     unknown = sorted(set(kwargs) - _target_keywords(to))
     if unknown:
         raise TypeError(f"unknown keyword(s) {unknown} for revsnn."
