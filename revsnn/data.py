@@ -100,11 +100,13 @@ def _need_dir(data_dir: Optional[str], name: str, sub: str, hint: str) -> str:
 
 
 def _cifar(name: str, data_dir: Optional[str]) -> Dataset:
-    import torchvision
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    cls_name = "CIFAR10" if name == "cifar10" else "CIFAR100"
     sub = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    # The folder first: a missing data set is reported even where torchvision cannot import.
     root = _need_dir(data_dir, name, sub, f"fetch it once with torchvision.datasets."
-                     f"{cls.__name__}(DIR, download=True)")
+                     f"{cls_name}(DIR, download=True)")
+    import torchvision
+    cls = getattr(torchvision.datasets, cls_name)
     splits = []
     for train in (True, False):
         ds = cls(root, train=train, download=False)
