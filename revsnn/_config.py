@@ -49,7 +49,7 @@ _GRIDS = {
     torch.float16: (11, 8),
     torch.bfloat16: (8, 5),
 }
-SURROGATES = {"sigmoid": (0, 4.0), "atan": (1, 2.0)}
+SURROGATES = {"sigmoid": (0, 4.0), "atan": (1, 2.0), "fast_sigmoid": (2, 25.0)}
 Param = Union[float, torch.Tensor]
 """tau or v_threshold: a number, or a tensor of one value or one per channel."""
 MAX_STEP_NEURONS = 2 ** 31 - 1

@@ -115,7 +115,7 @@ def test_per_channel_forward(backend):
 
 # -- gradients -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("option", ["hard", "soft", "no_decay", "vr_vth", "if"])
-@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "fast_sigmoid"])
 @pytest.mark.parametrize("detach_reset", [False, True])
 def test_gradients_match_float64_bptt(backend, option, surrogate, detach_reset):
     kw = dict(NODE_OPTIONS[option], surrogate=surrogate, detach_reset=detach_reset)

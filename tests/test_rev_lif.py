@@ -120,7 +120,7 @@ def test_spike_flip_rate_vs_float64():
 
 
 # -- gradients -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "fast_sigmoid"])
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("backward", ["fused", "recompute"])
 @pytest.mark.parametrize("shape", [(7, 3, 6, 7, 9), (64, 2, 4, 5)])

@@ -85,8 +85,8 @@ def lif(x: torch.Tensor, v: Optional[torch.Tensor] = None, *, tau: Param = 2.0,
             ``inf`` is an IF channel with ``decay_input=False`` (a learned snnTorch beta at 1).
         v_threshold: a float, or a tensor like ``tau``.
         v_reset: a float (hard reset) or None (soft reset).
-        surrogate, surrogate_alpha: ``"sigmoid"`` (alpha 4) or ``"atan"`` (alpha 2),
-            SpikingJelly's formulas.
+        surrogate, surrogate_alpha: ``"sigmoid"`` (alpha 4), ``"atan"`` (alpha 2) or
+            ``"fast_sigmoid"`` (alpha 25); :mod:`revsnn.surrogate` has the formulas.
         detach_reset: no gradient through the spike in the reset.
         dim: the channel dim of x for per-channel parameters (default 2 of ``[T, B, C, *]``).
         backend: ``"auto"`` (Triton on CUDA, torch twin on CPU), ``"triton"`` or ``"torch"``.

@@ -82,7 +82,8 @@ def rev_lif(x: torch.Tensor, state: StateLike = None, *, tau: Param = 2.0,
             receives a gradient if it requires one).
         tau, decay_input, v_threshold, v_reset, surrogate, surrogate_alpha, detach_reset:
             SpikingJelly ``LIFNode`` semantics; ``tau=math.inf`` is the IF neuron,
-            ``v_reset=None`` soft reset. Surrogates: ``"sigmoid"`` (alpha 4), ``"atan"`` (2).
+            ``v_reset=None`` soft reset. Surrogates: ``"sigmoid"`` (alpha 4), ``"atan"`` (2),
+            ``"fast_sigmoid"`` (25; :mod:`revsnn.surrogate` has the formulas).
             ``tau`` (> 1; inf, an IF channel, only with decay_input=False) and
             ``v_threshold`` (magnitude <= 64) may be tensors ``[C]``, one value per channel of
             ``dim`` (group 1 gets the first C/2): learnable ones receive gradients

@@ -69,7 +69,8 @@ def main():
 
 def compile_rev_lif():
     options = [dict(), dict(v_reset=None, surrogate="atan", detach_reset=True),
-               dict(tau=math.inf, beta1=-1.0, beta2=1.0), dict(decay_input=False, alpha=-0.25)]
+               dict(tau=math.inf, beta1=-1.0, beta2=1.0),
+               dict(decay_input=False, alpha=-0.25, surrogate="fast_sigmoid")]
     # every dtype with the default options, every option set in float32; scalar (C = 1) and
     # per-channel (C = 4) tau / v_threshold, and one of each
     cases = [(options[0], d) for d in (torch.float16, torch.bfloat16, torch.float64)]
@@ -97,12 +98,11 @@ def compile_all(x, params, dtype):
         op.launch_bwd(None, y, vT, stash, m, *params, 2, dtype, v0_dtype, "triton")
 
 
-
 def compile_lif():
     """The standard LIF's launches: scalar and tensor parameters, with and without an initial
     potential, forward with and without H, backward with and without parameter gradients."""
     opts = [dict(), dict(v_reset=None, surrogate="atan", detach_reset=True),
-            dict(decay_input=False)]
+            dict(decay_input=False, surrogate="fast_sigmoid")]
     cases = [(k, torch.float32) for k in opts]
     cases += [(opts[0], d) for d in (torch.float16, torch.bfloat16, torch.float64)]
     for kw, dtype in cases:
