@@ -11,24 +11,27 @@ Mappings (docs/bring_your_own_model.md shows them in use):
 
 * SpikingJelly ``LIFNode`` / ``IFNode`` / ``ParametricLIFNode``: the same equations (revsnn's
   LIF *is* SpikingJelly's ``LIFNode``): tau, decay_input, v_threshold, v_reset (None: soft
-  reset), detach_reset, surrogate ``Sigmoid``/``ATan`` with its alpha. ``ParametricLIFNode``
-  keeps its learnable ``w`` (``tau = 1/sigmoid(w)``, applied as a division: equal to
-  SpikingJelly's multiplication up to rounding). ``IFNode``: ``tau=inf``, ``V + X``.
+  reset), detach_reset, surrogate ``Sigmoid``/``ATan`` with its alpha (``SuperSpike`` with
+  alpha 1: ``fast_sigmoid``). ``ParametricLIFNode`` keeps its learnable ``w`` (``tau =
+  1/sigmoid(w)``, applied as a division: equal to SpikingJelly's multiplication up to
+  rounding). ``IFNode``: ``tau=inf``, ``V + X``.
   Multi-step nodes become ``revsnn.LIF`` / ``revsnn.RevLIF`` themselves.
 * snnTorch ``Leaky``: ``tau = 1/(1 - beta)``, ``decay_input=False``; ``"zero"`` reset ->
   ``v_reset=0``, ``"subtract"`` -> soft reset; ``detach_reset=reset_delay`` (snnTorch's delayed
   reset, its default, is detached; its immediate one is not); ``spike_grad`` ``atan(alpha)`` /
-  ``sigmoid(slope)``. Per-neuron (along one axis) and learnable beta / threshold stay the same
-  tensors (for to="revlif" that axis is also the one the node splits in two). The ``"zero"``
+  ``sigmoid(slope)`` / ``fast_sigmoid(slope)``. Per-neuron (along one axis) and learnable beta /
+  threshold stay the same tensors (for to="revlif" that axis is also the one the node splits in
+  two). The ``"zero"``
   reset is exact; the ``"subtract"`` reset is not (see :data:`SNNTORCH_SUBTRACT`,
   :data:`SNNTORCH_SUBTRACT_NOW`), and the report says so.
 * Norse ``LIFBoxCell``: ``tau = 1/(dt * tau_mem_inv)``, ``decay_input=True``, ``reset_value`` ->
   hard reset to ``v_reset`` (needs ``v_leak == v_reset``: SpikingJelly's LIF leaks towards its
   reset potential), ``reset_subtract`` -> soft reset (needs ``v_leak == 0``). ``LIFCell`` / ``LIF``
   carry a synaptic current as well: exact only when ``dt * tau_syn_inv == 1`` (the current then
-  lasts one step). Norse's surrogates: ``method="tanh"`` with ``alpha=2`` is revsnn's sigmoid with
-  alpha 4; the others (``"super"``, the default, included) have no revsnn counterpart: such a
-  module is left unless ``surrogate=`` is given as an override.
+  lasts one step). Norse's surrogates: ``method="super"`` (the default) is ``fast_sigmoid``, its
+  alpha read off the gradient Norse computes (Norse 1.1 leaves alpha out: alpha 1);
+  ``method="tanh"`` with ``alpha=2`` is revsnn's sigmoid with alpha 4; the others have no
+  revsnn counterpart: such a module is left unless ``surrogate=`` is given as an override.
 
 Everywhere, revsnn fires at ``v >= threshold`` (SpikingJelly's rule); snnTorch and Norse fire at
 ``v > threshold``: spikes differ only where a potential lands exactly on the threshold.
@@ -379,14 +382,21 @@ def _sj(name: str):
 
 def _sj_surrogate(sf: Any, plan: _Plan) -> None:
     surrogate = _sj("surrogate")
+    alpha = _scalar(getattr(sf, "alpha", None))
+    usable = surrogate is not None and getattr(sf, "spiking", True) and alpha is not None
     for name, cls in (("sigmoid", "Sigmoid"), ("atan", "ATan")):
-        if (surrogate is not None and type(sf) is getattr(surrogate, cls, None)
-                and getattr(sf, "spiking", True)
-                and _scalar(getattr(sf, "alpha", None)) is not None):
-            plan.kwargs.update(surrogate=name, surrogate_alpha=_scalar(sf.alpha))
+        if usable and type(sf) is getattr(surrogate, cls, None):
+            plan.kwargs.update(surrogate=name, surrogate_alpha=alpha)
             return
+    if usable and type(sf) is getattr(surrogate, "SuperSpike", None):
+        if alpha == 1.0:  # alpha/(1 + |z|)^2 scales the gradient: fast_sigmoid is its alpha 1
+            plan.kwargs.update(surrogate="fast_sigmoid", surrogate_alpha=1.0)
+            return
+        plan.problems["surrogate"] = (f"surrogate_function SuperSpike(alpha={alpha}) scales the "
+                                      f"gradient by alpha; revsnn's fast_sigmoid is its alpha 1")
+        return
     plan.problems["surrogate"] = (f"surrogate_function {type(sf).__name__} has no revsnn "
-                                  f"counterpart (revsnn has Sigmoid and ATan)")
+                                  f"counterpart (revsnn has Sigmoid, ATan and SuperSpike(alpha=1))")
 
 
 def _map_spikingjelly(m: nn.Module, kind: str, to: str) -> _Plan:
@@ -431,11 +441,30 @@ def _snntorch_surrogate(m: nn.Module, plan: _Plan) -> None:
         if qual == "atan.<locals>.inner" and _scalar(found.get("alpha")) is not None:
             plan.kwargs.update(surrogate="atan", surrogate_alpha=_scalar(found["alpha"]))
             return
-        if qual == "sigmoid.<locals>.inner" and _scalar(found.get("slope")) is not None:
-            plan.kwargs.update(surrogate="sigmoid", surrogate_alpha=_scalar(found["slope"]))
-            return
+        for name in ("sigmoid", "fast_sigmoid"):
+            if qual == f"{name}.<locals>.inner" and _scalar(found.get("slope")) is not None:
+                plan.kwargs.update(surrogate=name, surrogate_alpha=_scalar(found["slope"]))
+                return
     plan.problems["surrogate"] = (f"spike_grad {qual or fn!r} has no revsnn counterpart "
-                                  f"(revsnn has atan and sigmoid)")
+                                  f"(revsnn has atan, sigmoid and fast_sigmoid)")
+
+
+def _norse_super_alpha(alpha: Any) -> Optional[float]:
+    """The fast_sigmoid alpha of Norse's ``method="super"`` with ``alpha``, read off the gradient
+    Norse computes at z = 0, 1 and -1/2 (its own formula, whatever its version does with alpha:
+    Norse 1.1 leaves it out, ``1/(1 + |z|)^2``); None if the gradient has another form."""
+    threshold = getattr(sys.modules.get("norse.torch.functional.threshold"), "threshold", None)
+    if threshold is None:
+        return None
+    z = torch.tensor([0.0, 1.0, -0.5], dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(threshold(z, "super", alpha).sum(), z)
+    if g[0] != 1 or not g[1] > 0:
+        return None
+    a = float(g[1]) ** -0.5 - 1
+    if not 0 < a < math.inf or abs(float(g[2]) - (1 + a / 2) ** -2) > 1e-9:
+        return None
+    return a
 
 
 def _map_snntorch(m: nn.Module, kind: str, to: str) -> _Plan:
@@ -541,12 +570,16 @@ def _map_norse(m: nn.Module, kind: str, to: str) -> _Plan:
     if getattr(m, "record_states", False):
         plan.blockers.append("record_states=True: revsnn records no state sequence")
     method, alpha = p.method, _scalar(p.alpha)
+    super_alpha = _norse_super_alpha(p.alpha) if method == "super" else None
     if method == "tanh" and alpha == 2.0:
         plan.kwargs.update(surrogate="sigmoid", surrogate_alpha=4.0)
+    elif super_alpha is not None:
+        plan.kwargs.update(surrogate="fast_sigmoid", surrogate_alpha=super_alpha)
     else:
         plan.problems["surrogate"] = (
-            f"method={method!r} (alpha={alpha}) has no revsnn counterpart (Norse's 'tanh' with "
-            f"alpha=2 is revsnn's sigmoid; pass surrogate='sigmoid' or 'atan' to convert anyway)")
+            f"method={method!r} (alpha={alpha}) has no revsnn counterpart (Norse's 'super' is "
+            f"revsnn's fast_sigmoid, its 'tanh' with alpha=2 revsnn's sigmoid; pass "
+            f"surrogate='sigmoid', 'atan' or 'fast_sigmoid' to convert anyway)")
     norse_fn = sys.modules.get("norse.torch.functional.lif_box" if kind == "LIFBoxCell"
                                else "norse.torch.functional.lif")
     state_cls = getattr(norse_fn, "LIFBoxFeedForwardState" if kind == "LIFBoxCell"

@@ -118,6 +118,24 @@ def test_spikingjelly_to_lif_is_the_same_model():
 
 
 @needs_sj
+def test_spikingjelly_superspike_is_fast_sigmoid_at_alpha_one():
+    """SpikingJelly's SuperSpike, alpha/(1 + |z|)^2, is fast_sigmoid for its default alpha 1;
+    another alpha scales the gradient, which no revsnn surrogate does: left, with the reason."""
+    def net(alpha):
+        torch.manual_seed(0)
+        return excite(nn.Sequential(
+            sj.layer.Conv2d(2, 4, 3, padding=1, step_mode="m"),
+            sj.neuron.LIFNode(surrogate_function=sj.surrogate.SuperSpike(alpha), step_mode="m")))
+    original = net(1.0)
+    converted, _ = converted_all(original, ["1"])
+    assert converted[1].kwargs["surrogate"] == "fast_sigmoid"
+    assert converted[1].kwargs["surrogate_alpha"] == 1.0
+    assert_same_model(original, converted, run_sj)
+    assert_left(net(2.0), "1", "spikingjelly LIFNode",
+                "surrogate_function SuperSpike(alpha=2.0) scales the gradient by alpha")
+
+
+@needs_sj
 @pytest.mark.parametrize("v_reset", [0.0, None])
 def test_spikingjelly_if_node_is_the_same_model(v_reset):
     """IFNode (V + X) becomes revsnn.LIF(tau=inf): bit-equal, hard or soft reset, multi-step
@@ -276,18 +294,55 @@ class NorseNet(nn.Module):
 
 
 @needs_norse
-def test_norse_to_lif_is_the_same_model():
-    original = NorseNet()
+@pytest.mark.parametrize("method,surrogate", [("tanh", ("sigmoid", 4.0)),
+                                              ("super", ("fast_sigmoid", 1.0))])
+def test_norse_to_lif_is_the_same_model(method, surrogate):
+    """Norse's default surrogate, "super" (its alpha left out by Norse 1.1), is fast_sigmoid."""
+    original = NorseNet(method=method)
     converted, _ = converted_all(original, ["cell1", "cell2", "lif"])
+    assert {(m.kwargs["surrogate"], m.kwargs["surrogate_alpha"])
+            for m in (converted.cell1, converted.cell2, converted.lif)} == {surrogate}
     assert_same_model(original, converted, lambda m, x: m(x))
 
 
 @needs_norse
+@pytest.mark.parametrize("form,alpha", [(lambda z, a: (1 + a * z.abs()) ** -2, 2.0),
+                                        (lambda z, a: a * (1 + z.abs()) ** -2, None),
+                                        (lambda z, a: torch.exp(-z.abs()), None)],
+                         ids=["with-alpha", "scaled", "other"])
+def test_norse_super_is_read_off_its_gradient(monkeypatch, form, alpha):
+    """A Norse whose "super" took its alpha (2 here) would convert with that alpha; a gradient
+    of another form is left in place, not given a wrong surrogate."""
+    class Super(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z, a):
+            ctx.save_for_backward(z)
+            ctx.a = a
+            return (z > 0).to(z.dtype)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * form(ctx.saved_tensors[0], float(ctx.a)), None
+    real = norse.functional.threshold.threshold
+    monkeypatch.setattr(norse.functional.threshold, "threshold",
+                        lambda z, method, a: Super.apply(z, a) if method == "super"
+                        else real(z, method, a))
+    model = nn.Sequential(norse.LIFBoxCell(norse.LIFBoxParameters(
+        method="super", alpha=torch.tensor(2.0))))
+    report = revsnn.convert(model, to="lif")
+    if alpha is None:
+        assert not report.replaced and "method='super'" in report.left[0].reason
+    else:
+        assert model[0].kwargs["surrogate"] == "fast_sigmoid"
+        assert model[0].kwargs["surrogate_alpha"] == alpha
+
+
+@needs_norse
 def test_norse_surrogate_without_counterpart_needs_an_override():
-    model = NorseNet(method="super")
+    model = NorseNet(method="triangle")
     report = revsnn.convert(model, to="lif")
     assert not report.replaced and len(report.left) == 3
-    assert all("method='super'" in lf.reason for lf in report.left)
+    assert all("method='triangle'" in lf.reason for lf in report.left)
     report = revsnn.convert(model, to="lif", surrogate="atan")
     assert len(report.replaced) == 3 and not report.left
     assert all("override surrogate='atan'" in r.notes[0] for r in report.replaced)
@@ -934,10 +989,10 @@ def test_snntorch_beta_at_least_one_is_an_if_neuron(beta):
 @needs_snn
 @pytest.mark.parametrize("kwargs,reason", [
     (dict(surrogate_disable=True), "surrogate_disable=True (no surrogate gradient)"),
-    (dict(spike_grad=snn.surrogate.fast_sigmoid(slope=25) if snn else None),
-     "spike_grad 'fast_sigmoid.<locals>.inner' has no revsnn counterpart (revsnn has atan and "
-     "sigmoid)"),
-], ids=["surrogate_disable", "fast_sigmoid"])
+    (dict(spike_grad=snn.surrogate.triangular() if snn else None),
+     "spike_grad 'triangular.<locals>.inner' has no revsnn counterpart (revsnn has atan, "
+     "sigmoid and fast_sigmoid)"),
+], ids=["surrogate_disable", "triangular"])
 def test_snntorch_surrogate_without_counterpart_needs_an_override(kwargs, reason):
     """A gradient revsnn cannot give leaves the neuron, unless surrogate= picks one (then the
     replacement says which)."""

@@ -236,7 +236,7 @@ def test_lif_matches_spikingjelly_triton_gpu(dtype, T, reset, decay_input, detac
 # -- snnTorch ------------------------------------------------------------------------------------
 def snntorch_leaky(beta, threshold, reset, surrogate, reset_delay=True):
     spike_grad = (snn.surrogate.atan(alpha=2.0) if surrogate == "atan"
-                  else snn.surrogate.sigmoid(slope=4.0))
+                  else getattr(snn.surrogate, surrogate)(slope=4.0))
     return snn.Leaky(beta=beta, threshold=threshold, spike_grad=spike_grad,
                      reset_mechanism=reset, reset_delay=reset_delay)
 
@@ -260,7 +260,7 @@ def rev_for_snntorch(beta, threshold, reset, surrogate, reset_delay=True, backen
 
 
 @needs_snn
-@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid", "fast_sigmoid"])
 @pytest.mark.parametrize("reset_delay", [True, False])
 @pytest.mark.parametrize("beta,threshold", [(0.5, 1.0), (0.75, 0.6), (0.875, 1.0)])
 @pytest.mark.parametrize("T", [1, 4, 16, 64])
