@@ -21,9 +21,8 @@ Mappings (docs/bring_your_own_model.md shows them in use):
   reset, its default, is detached; its immediate one is not); ``spike_grad`` ``atan(alpha)`` /
   ``sigmoid(slope)`` / ``fast_sigmoid(slope)``. Per-neuron (along one axis) and learnable beta /
   threshold stay the same tensors (for to="revlif" that axis is also the one the node splits in
-  two). The ``"zero"``
-  reset is exact; the ``"subtract"`` reset is not (see :data:`SNNTORCH_SUBTRACT`,
-  :data:`SNNTORCH_SUBTRACT_NOW`), and the report says so.
+  two). The ``"zero"`` reset is exact; the ``"subtract"`` reset is not (see
+  :data:`SNNTORCH_SUBTRACT`, :data:`SNNTORCH_SUBTRACT_NOW`), and the report says so.
 * Norse ``LIFBoxCell``: ``tau = 1/(dt * tau_mem_inv)``, ``decay_input=True``, ``reset_value`` ->
   hard reset to ``v_reset`` (needs ``v_leak == v_reset``: SpikingJelly's LIF leaks towards its
   reset potential), ``reset_subtract`` -> soft reset (needs ``v_leak == 0``). ``LIFCell`` / ``LIF``
@@ -457,8 +456,11 @@ def _norse_super_alpha(alpha: Any) -> Optional[float]:
     if threshold is None:
         return None
     z = torch.tensor([0.0, 1.0, -0.5], dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(threshold(z, "super", alpha).sum(), z)
+    try:
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(threshold(z, "super", alpha).sum(), z)
+    except Exception:  # another Norse's signature or rules: the module is left, not convert
+        return None
     if g[0] != 1 or not g[1] > 0:
         return None
     a = float(g[1]) ** -0.5 - 1

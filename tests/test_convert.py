@@ -338,6 +338,14 @@ def test_norse_super_is_read_off_its_gradient(monkeypatch, form, alpha):
 
 
 @needs_norse
+def test_norse_super_probe_that_fails_leaves_the_module(monkeypatch):
+    def threshold(z, method, alpha, extra):  # a Norse with another signature
+        raise AssertionError("not called with this signature")
+    monkeypatch.setattr(norse.functional.threshold, "threshold", threshold)
+    assert_left(nn.Sequential(norse.LIFBoxCell()), "0", "norse LIFBoxCell", "method='super'")
+
+
+@needs_norse
 def test_norse_surrogate_without_counterpart_needs_an_override():
     model = NorseNet(method="triangle")
     report = revsnn.convert(model, to="lif")
