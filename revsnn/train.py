@@ -235,7 +235,7 @@ def train(args: argparse.Namespace, log=functools.partial(print, flush=True)) ->
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        net = torch.compile(net, dynamic=False)  # a few batch shapes; symbolic ones trip inductor
+        net = torch.compile(net, dynamic=False)  # a graph per batch shape (train, eval, last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)

@@ -48,6 +48,10 @@ State. The recomputation must see what the forward saw:
 gradients are returned from the single autograd node (not accumulated by a nested backward), so
 DistributedDataParallel sees ordinary gradients. Double backward is not supported (it
 raises).
+
+torch.compile. A chain on its reversible path, and the layer that hands its output to it in a
+:class:`RebuildSequential`, run as one eager region (``torch.compiler.disable``): the rest of the
+model compiles around them, with the eager numbers.
 """
 from __future__ import annotations
 
@@ -556,6 +560,16 @@ def _records(x: torch.Tensor, params: list) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or bool(params))
 
 
+# The reversible path is eager under torch.compile: its backward reruns the blocks and hands
+# tensors over through saved-tensor hooks and Python state, which dynamo cannot capture. Traced,
+# it broke into many graphs and recompiled its helpers until inductor, given dynamic shapes,
+# failed to compile; as one eager region it runs as it does without compile.
+@torch.compiler.disable
+def _rev_chain(x: torch.Tensor, blocks: nn.ModuleList, rebuilt: Optional[_Rebuilt],
+               params: list) -> torch.Tensor:
+    return _RevChain.apply(x, blocks, rebuilt, *params)
+
+
 def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
          rebuilt: Optional[_Rebuilt] = None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
@@ -566,7 +580,7 @@ def _run(blocks: nn.ModuleList, x: torch.Tensor, reversible: bool,
         return quantize(x)
     params = _params(blocks)
     if reversible and _records(x, params):
-        return _RevChain.apply(x, blocks, rebuilt, *params)
+        return _rev_chain(x, blocks, rebuilt, params)
     d = _chain_dim(blocks, x, "x")
     pair = _halves(x, d)
     for b in blocks:
@@ -663,24 +677,30 @@ class RebuildSequential(nn.Sequential):
                 x = mods[i](x)
                 i += 1
                 continue
-            outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
-            saved: list = []
-
-            def pack(t: torch.Tensor) -> _Saved:
-                saved.append(_Saved(t))
-                return saved[-1]
-            with torch.autograd.graph.saved_tensors_hooks(pack, _Saved.get):
-                x = mods[i](x)
-            mine = [s.is_memory_of(x) for s in saved]
-            rebuilt = (_Rebuilt() if any(mine) and _rebuildable(x)
-                       and len(nxt) and _records(x, _params(nxt.blocks)) else None)
-            for s, own in zip(saved, mine):
-                s.settle(rebuilt if own else None, outer)
-            del saved, mine
-            nxt._rebuilt = rebuilt
-            try:
-                x = nxt(x)
-            finally:
-                nxt._rebuilt = None
+            x = _into_chain(mods[i], nxt, x)
             i += 2
         return x
+
+
+@torch.compiler.disable  # eager under torch.compile, as the chain is (see _rev_chain)
+def _into_chain(layer: nn.Module, chain: RevSequential, x: torch.Tensor) -> torch.Tensor:
+    """``chain(layer(x))``, the layer's saves in its output's memory rebuilt by the chain."""
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    saved: list = []
+
+    def pack(t: torch.Tensor) -> _Saved:
+        saved.append(_Saved(t))
+        return saved[-1]
+    with torch.autograd.graph.saved_tensors_hooks(pack, _Saved.get):
+        x = layer(x)
+    mine = [s.is_memory_of(x) for s in saved]
+    rebuilt = (_Rebuilt() if any(mine) and _rebuildable(x)
+               and len(chain) and _records(x, _params(chain.blocks)) else None)
+    for s, own in zip(saved, mine):
+        s.settle(rebuilt if own else None, outer)
+    del saved, mine
+    chain._rebuilt = rebuilt
+    try:
+        return chain(x)
+    finally:
+        chain._rebuilt = None
