@@ -12,9 +12,9 @@ Mappings (docs/bring_your_own_model.md shows them in use):
 * SpikingJelly ``LIFNode`` / ``IFNode`` / ``ParametricLIFNode``: the same equations (revsnn's
   LIF *is* SpikingJelly's ``LIFNode``): tau, decay_input, v_threshold, v_reset (None: soft
   reset), detach_reset, surrogate ``Sigmoid``/``ATan`` with its alpha (``SuperSpike`` with
-  alpha 1: ``fast_sigmoid``). ``ParametricLIFNode`` keeps its learnable ``w`` (``tau =
-  1/sigmoid(w)``, applied as a division: equal to SpikingJelly's multiplication up to
-  rounding). ``IFNode``: ``tau=inf``, ``V + X``.
+  alpha 1 and ``SoftSign`` with alpha 2: ``fast_sigmoid``). ``ParametricLIFNode`` keeps its
+  learnable ``w`` (``tau = 1/sigmoid(w)``, applied as a division: equal to SpikingJelly's
+  multiplication up to rounding). ``IFNode``: ``tau=inf``, ``V + X``.
   Multi-step nodes become ``revsnn.LIF`` / ``revsnn.RevLIF`` themselves.
 * snnTorch ``Leaky``: ``tau = 1/(1 - beta)``, ``decay_input=False``; ``"zero"`` reset ->
   ``v_reset=0``, ``"subtract"`` -> soft reset; ``detach_reset=reset_delay`` (snnTorch's delayed
@@ -387,15 +387,19 @@ def _sj_surrogate(sf: Any, plan: _Plan) -> None:
         if usable and type(sf) is getattr(surrogate, cls, None):
             plan.kwargs.update(surrogate=name, surrogate_alpha=alpha)
             return
-    if usable and type(sf) is getattr(surrogate, "SuperSpike", None):
-        if alpha == 1.0:  # alpha/(1 + |z|)^2 scales the gradient: fast_sigmoid is its alpha 1
-            plan.kwargs.update(surrogate="fast_sigmoid", surrogate_alpha=1.0)
+    # fast_sigmoid, 1/(1 + a|z|)^2, times a factor that is 1 at one alpha only
+    for cls, form, exact in (("SuperSpike", "alpha/(1 + |z|)^2", 1.0),
+                             ("SoftSign", "alpha/(2(1 + alpha|z|)^2)", 2.0)):
+        if usable and type(sf) is getattr(surrogate, cls, None):
+            if alpha == exact:
+                plan.kwargs.update(surrogate="fast_sigmoid", surrogate_alpha=alpha)
+                return
+            plan.problems["surrogate"] = (f"surrogate_function {cls}(alpha={alpha}) is {form}, "
+                                          f"revsnn's fast_sigmoid only at alpha={exact}")
             return
-        plan.problems["surrogate"] = (f"surrogate_function SuperSpike(alpha={alpha}) scales the "
-                                      f"gradient by alpha; revsnn's fast_sigmoid is its alpha 1")
-        return
     plan.problems["surrogate"] = (f"surrogate_function {type(sf).__name__} has no revsnn "
-                                  f"counterpart (revsnn has Sigmoid, ATan and SuperSpike(alpha=1))")
+                                  f"counterpart (revsnn has Sigmoid, ATan, SuperSpike(alpha=1) "
+                                  f"and SoftSign(alpha=2))")
 
 
 def _map_spikingjelly(m: nn.Module, kind: str, to: str) -> _Plan:
@@ -448,25 +452,27 @@ def _snntorch_surrogate(m: nn.Module, plan: _Plan) -> None:
                                   f"(revsnn has atan, sigmoid and fast_sigmoid)")
 
 
-def _norse_super_alpha(alpha: Any) -> Optional[float]:
-    """The fast_sigmoid alpha of Norse's ``method="super"`` with ``alpha``, read off the gradient
-    Norse computes at z = 0, 1 and -1/2 (its own formula, whatever its version does with alpha:
-    Norse 1.1 leaves it out, ``1/(1 + |z|)^2``); None if the gradient has another form."""
+def _norse_super(alpha: Any) -> tuple[Optional[float], str]:
+    """``(a, "")``: Norse's ``method="super"`` with ``alpha`` is fast_sigmoid with alpha ``a``,
+    read off the gradient Norse computes at z = 0, 1 and -1/2 (its own formula, whatever its
+    version does with alpha: Norse 1.1 leaves it out, ``1/(1 + |z|)^2``); ``(None, why)`` if
+    that gradient cannot be read or has another form."""
     threshold = getattr(sys.modules.get("norse.torch.functional.threshold"), "threshold", None)
     if threshold is None:
-        return None
-    z = torch.tensor([0.0, 1.0, -0.5], dtype=torch.float64, requires_grad=True)
-    try:
-        with torch.enable_grad():
+        return None, "Norse's threshold function was not found"
+    try:  # whatever the caller's grad mode, inference mode or default device
+        with torch.inference_mode(False), torch.enable_grad():
+            z = torch.tensor([0.0, 1.0, -0.5], dtype=torch.float64, device="cpu",
+                             requires_grad=True)
             (g,) = torch.autograd.grad(threshold(z, "super", alpha).sum(), z)
-    except Exception:  # another Norse's signature or rules: the module is left, not convert
-        return None
-    if g[0] != 1 or not g[1] > 0:
-        return None
-    a = float(g[1]) ** -0.5 - 1
-    if not 0 < a < math.inf or abs(float(g[2]) - (1 + a / 2) ** -2) > 1e-9:
-        return None
-    return a
+            g0, g1, g2 = g.tolist()
+    except Exception as e:  # another Norse's signature or rules: the module is left, not convert
+        return None, f"its gradient could not be read ({type(e).__name__}: {e})"
+    a = g1 ** -0.5 - 1 if g1 > 0 else math.nan
+    if g0 != 1 or not 0 < a < math.inf or abs(g2 - (1 + a / 2) ** -2) > 1e-9:
+        return None, (f"its gradient at z = 0, 1, -1/2 ({g0:.6g}, {g1:.6g}, {g2:.6g}) is not "
+                      f"1/(1 + a|z|)^2")
+    return a, ""
 
 
 def _map_snntorch(m: nn.Module, kind: str, to: str) -> _Plan:
@@ -572,11 +578,15 @@ def _map_norse(m: nn.Module, kind: str, to: str) -> _Plan:
     if getattr(m, "record_states", False):
         plan.blockers.append("record_states=True: revsnn records no state sequence")
     method, alpha = p.method, _scalar(p.alpha)
-    super_alpha = _norse_super_alpha(p.alpha) if method == "super" else None
+    super_alpha, why = _norse_super(p.alpha) if method == "super" else (None, "")
     if method == "tanh" and alpha == 2.0:
         plan.kwargs.update(surrogate="sigmoid", surrogate_alpha=4.0)
     elif super_alpha is not None:
         plan.kwargs.update(surrogate="fast_sigmoid", surrogate_alpha=super_alpha)
+    elif method == "super":
+        plan.problems["surrogate"] = (
+            f"method='super' (alpha={alpha}) is revsnn's fast_sigmoid, but {why}; pass "
+            f"surrogate='fast_sigmoid' (Norse 1.1: surrogate_alpha=1) to convert anyway")
     else:
         plan.problems["surrogate"] = (
             f"method={method!r} (alpha={alpha}) has no revsnn counterpart (Norse's 'super' is "

@@ -7,7 +7,8 @@
   snnTorch's ``atan``
 * ``fast_sigmoid`` (alpha 25): ``1 / (1 + alpha |z|)**2``, snnTorch's ``fast_sigmoid(slope)``
   (alpha = slope) and the SuperSpike surrogate of Zenke & Ganguli (2018): Norse's
-  ``method="super"`` computes it with alpha 1, as does SpikingJelly's ``SuperSpike(alpha=1)``
+  ``method="super"`` computes it with alpha 1, as does SpikingJelly's ``SuperSpike(alpha=1)``;
+  SpikingJelly's ``SoftSign(alpha=2)`` is it with alpha 2
 """
 from __future__ import annotations
 

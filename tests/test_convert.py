@@ -118,21 +118,25 @@ def test_spikingjelly_to_lif_is_the_same_model():
 
 
 @needs_sj
-def test_spikingjelly_superspike_is_fast_sigmoid_at_alpha_one():
-    """SpikingJelly's SuperSpike, alpha/(1 + |z|)^2, is fast_sigmoid for its default alpha 1;
-    another alpha scales the gradient, which no revsnn surrogate does: left, with the reason."""
+@pytest.mark.parametrize("cls,exact,other", [("SuperSpike", 1.0, 2.0), ("SoftSign", 2.0, 1.0)])
+def test_spikingjelly_fast_sigmoid_forms_at_their_one_alpha(cls, exact, other):
+    """SpikingJelly's SuperSpike, alpha/(1 + |z|)^2, and SoftSign, alpha/(2(1 + alpha|z|)^2), are
+    fast_sigmoid at their default alphas (1 and 2); at another alpha the factor in front is no
+    revsnn surrogate: left, with the reason."""
     def net(alpha):
         torch.manual_seed(0)
+        sf = getattr(sj.surrogate, cls)(alpha)
         return excite(nn.Sequential(
             sj.layer.Conv2d(2, 4, 3, padding=1, step_mode="m"),
-            sj.neuron.LIFNode(surrogate_function=sj.surrogate.SuperSpike(alpha), step_mode="m")))
-    original = net(1.0)
+            sj.neuron.LIFNode(surrogate_function=sf, step_mode="m")))
+    assert getattr(sj.surrogate, cls)().alpha == exact  # the default
+    original = net(exact)
     converted, _ = converted_all(original, ["1"])
     assert converted[1].kwargs["surrogate"] == "fast_sigmoid"
-    assert converted[1].kwargs["surrogate_alpha"] == 1.0
+    assert converted[1].kwargs["surrogate_alpha"] == exact
     assert_same_model(original, converted, run_sj)
-    assert_left(net(2.0), "1", "spikingjelly LIFNode",
-                "surrogate_function SuperSpike(alpha=2.0) scales the gradient by alpha")
+    assert_left(net(other), "1", "spikingjelly LIFNode",
+                f"surrogate_function {cls}(alpha={other}) is ")
 
 
 @needs_sj
@@ -342,7 +346,19 @@ def test_norse_super_probe_that_fails_leaves_the_module(monkeypatch):
     def threshold(z, method, alpha, extra):  # a Norse with another signature
         raise AssertionError("not called with this signature")
     monkeypatch.setattr(norse.functional.threshold, "threshold", threshold)
-    assert_left(nn.Sequential(norse.LIFBoxCell()), "0", "norse LIFBoxCell", "method='super'")
+    assert_left(nn.Sequential(norse.LIFBoxCell()), "0", "norse LIFBoxCell",
+                "is revsnn's fast_sigmoid, but its gradient could not be read (TypeError: ")
+
+
+@needs_norse
+@pytest.mark.parametrize("mode", [torch.inference_mode, torch.no_grad])
+def test_norse_super_converts_in_inference_and_no_grad_mode(mode):
+    model = nn.Sequential(norse.LIFBoxCell())
+    with mode():
+        report = revsnn.convert(model, to="lif")
+    assert [r.name for r in report.replaced] == ["0"] and not report.left
+    assert (model[0].kwargs["surrogate"], model[0].kwargs["surrogate_alpha"]) == (
+        "fast_sigmoid", 1.0)
 
 
 @needs_norse
