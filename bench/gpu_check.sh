@@ -164,7 +164,7 @@ fi
 TESTS="tests/test_rev_lif.py tests/test_lif.py tests/test_parity.py tests/test_blocks.py"
 # Triton compiles each specialisation on first use; pytest-xdist, where installed, spreads that
 # over the CPU cores (the tests share nothing but the compile cache). 667 of these tests took
-# 113 s on 8 workers on the H200 (064a9dc); they are 916 now, hence every core and more time.
+# 113 s on 8 workers on the H200 (064a9dc); they are 976 now, hence every core and more time.
 XDIST=""
 CORES=$(nproc 2>/dev/null || echo 8)
 [ "$CORES" -gt 16 ] && CORES=16

@@ -66,7 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-3, help="AdamW, cosine schedule")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="autocast dtype")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (little gain with --reversible: its chains "
+                   "run eagerly)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--train-size", type=int, default=None,

@@ -287,3 +287,37 @@ def test_compiled_reversible_net_keeps_its_chains_eager():
 def test_compiled_reversible_net_with_inductor_and_dynamic_shapes():
     torch._dynamo.reset()
     _compiled_against_eager("inductor", rtol=1e-5)
+
+
+@pytest.mark.parametrize("neuron", ["revlif", "lif"])
+def test_zoo_net_without_chains_compiles_as_one_graph(neuron):
+    """A zoo network whose blocks are not reversible, neuron resets included, is one graph
+    (fullgraph=True), with eager's output and gradients."""
+    import copy
+    torch.manual_seed(0)
+    net = models.convnet8(width=8, neuron=neuron)
+    eager = copy.deepcopy(net)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, fullgraph=True, backend=lambda gm, ex: gm.forward)
+    x = torch.randn(4, 3, 1, 8, 8)
+    out, ref = compiled(x), eager(x)
+    assert torch.equal(out, ref)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for a, b in zip(net.parameters(), eager.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_eager_use_never_imports_dynamo():
+    """The eager regions are marked lazily: ``import revsnn`` and an eager reversible step do
+    not import torch._dynamo (over a second of import time)."""
+    import subprocess
+    import sys
+    code = ("import sys, torch, revsnn\n"
+            "from revsnn import models\n"
+            "net = models.convnet8(width=8, neuron='revlif', reversible=True)\n"
+            "net(torch.randn(4, 2, 1, 8, 8)).sum().backward()\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "False"

@@ -51,11 +51,13 @@ raises).
 
 torch.compile. A chain on its reversible path, and the layer that hands its output to it in a
 :class:`RebuildSequential`, run as one eager region (``torch.compiler.disable``): the rest of the
-model compiles around them, with the eager numbers.
+model compiles around them, with the eager numbers. In the model zoo's reversible networks that
+region holds most of the convolutions, so compiling gains little there.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Union
+import functools
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -103,8 +105,12 @@ def _state_attr(m: nn.Module) -> Optional[str]:
 
 def _states(module: nn.Module) -> list:
     """(neuron, attribute, value) of every neuron in ``module``; :func:`_put` puts them back."""
-    return [(m, a, getattr(m, a)) for m in module.modules()
-            if (a := _state_attr(m)) is not None]
+    found = []
+    for m in module.modules():  # a loop, not a comprehension with :=, which dynamo cannot trace
+        a = _state_attr(m)
+        if a is not None:
+            found.append((m, a, getattr(m, a)))
+    return found
 
 
 def neurons(module: nn.Module) -> Iterator[nn.Module]:
@@ -560,11 +566,25 @@ def _records(x: torch.Tensor, params: list) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or bool(params))
 
 
-# The reversible path is eager under torch.compile: its backward reruns the blocks and hands
-# tensors over through saved-tensor hooks and Python state, which dynamo cannot capture. Traced,
-# it broke into many graphs and recompiled its helpers until inductor, given dynamic shapes,
-# failed to compile; as one eager region it runs as it does without compile.
-@torch.compiler.disable
+def _eager_region(fn: Callable) -> Callable:
+    """``fn``, run eagerly when torch.compile traces its caller (``torch.compiler.disable``).
+
+    The reversible path needs it: its backward reruns the blocks and hands tensors over through
+    saved-tensor hooks and Python state, which dynamo cannot capture. Traced, it broke into
+    many graphs and recompiled its helpers until inductor, given dynamic shapes, failed to
+    compile; as one eager region it runs as it does without compile. torch's lazy form of the
+    decorator keeps ``import revsnn`` from importing dynamo (a second and more), and eager
+    calls skip it altogether.
+    """
+    disabled = torch._disable_dynamo(fn)
+
+    @functools.wraps(fn)
+    def run(*args):
+        return disabled(*args) if torch.compiler.is_compiling() else fn(*args)
+    return run
+
+
+@_eager_region
 def _rev_chain(x: torch.Tensor, blocks: nn.ModuleList, rebuilt: Optional[_Rebuilt],
                params: list) -> torch.Tensor:
     return _RevChain.apply(x, blocks, rebuilt, *params)
@@ -682,7 +702,7 @@ class RebuildSequential(nn.Sequential):
         return x
 
 
-@torch.compiler.disable  # eager under torch.compile, as the chain is (see _rev_chain)
+@_eager_region  # as the chain itself
 def _into_chain(layer: nn.Module, chain: RevSequential, x: torch.Tensor) -> torch.Tensor:
     """``chain(layer(x))``, the layer's saves in its output's memory rebuilt by the chain."""
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
@@ -698,7 +718,7 @@ def _into_chain(layer: nn.Module, chain: RevSequential, x: torch.Tensor) -> torc
                and len(chain) and _records(x, _params(chain.blocks)) else None)
     for s, own in zip(saved, mine):
         s.settle(rebuilt if own else None, outer)
-    del saved, mine
+    saved.clear()  # autograd holds what it needs; nothing here outlives the chain's call
     chain._rebuilt = rebuilt
     try:
         return chain(x)
