@@ -1,4 +1,5 @@
 """Model zoo: documented parameter counts, seeds, encodings, neuron reset, reversible memory."""
+import copy
 import re
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 
 from revsnn import models
-from revsnn.nn import LIF, RevSequential
+from revsnn.nn import LIF, RevSequential, reset_neurons
 
 from .test_blocks import kept_bytes
 from .test_train import _one_thread  # noqa: F401  (autouse fixture)
@@ -243,29 +244,37 @@ def test_count_parameters_counts_the_trainable_ones():
     assert models.count_parameters(net) == n - net.head[0].weight.numel()
 
 
-def _compiled_against_eager(backend, rtol):
-    """A reversible convnet8 under torch.compile (dynamic shapes allowed: the second batch has
-    another size) against the same model eager: losses and every gradient."""
-    import copy
-
-    from revsnn.nn import reset_neurons
+def _compiled_against_eager(backend, rtol, neuron="revlif", reversible=True, **compile_kw):
+    """A convnet8 under torch.compile (dynamic shapes allowed: the second batch has another
+    size) against the same model eager: outputs, losses and every gradient."""
     torch.manual_seed(0)
-    net = models.convnet8(num_classes=10, in_channels=1, width=8, neuron="revlif",
-                          reversible=True)
+    net = models.convnet8(num_classes=10, in_channels=1, width=8, neuron=neuron,
+                          reversible=reversible)
     eager = copy.deepcopy(net)
-    compiled = torch.compile(net, backend=backend)
+    compiled = torch.compile(net, backend=backend, **compile_kw)
     for batch in (8, 6):
         x = torch.randn(4, batch, 1, 8, 8)
         y = torch.randint(0, 10, (batch,))
-        losses = []
+        outs, losses = [], []
         for model, run in ((net, compiled), (eager, eager)):
-            loss = nn.functional.cross_entropy(run(x), y)
+            outs.append(run(x))
+            loss = nn.functional.cross_entropy(outs[-1], y)
             loss.backward()
             reset_neurons(model)
             losses.append(loss.detach())
+        torch.testing.assert_close(outs[0], outs[1], rtol=rtol,
+                                   atol=rtol * float(outs[1].abs().max()))
         torch.testing.assert_close(losses[0], losses[1], rtol=rtol, atol=0)
         for a, b in zip(net.parameters(), eager.parameters(), strict=True):
             torch.testing.assert_close(a.grad, b.grad, rtol=rtol, atol=rtol * b.grad.abs().max())
+
+
+def _recorder(graphs):
+    """A torch.compile backend without codegen: dynamo's graphs, kept and run as captured."""
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    return record
 
 
 def test_compiled_reversible_net_keeps_its_chains_eager():
@@ -274,12 +283,8 @@ def test_compiled_reversible_net_keeps_its_chains_eager():
     into 34 graphs here, recompiling their helpers at every new tensor (and the graphs that
     inductor then compiled with dynamic shapes failed: the slow test below)."""
     graphs = []
-
-    def record(gm, example_inputs):  # no codegen: dynamo's graphs, run as captured
-        graphs.append(gm)
-        return gm.forward
     torch._dynamo.reset()
-    _compiled_against_eager(record, rtol=0)
+    _compiled_against_eager(_recorder(graphs), rtol=0)
     assert 0 < len(graphs) <= 6, len(graphs)
 
 
@@ -292,20 +297,12 @@ def test_compiled_reversible_net_with_inductor_and_dynamic_shapes():
 @pytest.mark.parametrize("neuron", ["revlif", "lif"])
 def test_zoo_net_without_chains_compiles_as_one_graph(neuron):
     """A zoo network whose blocks are not reversible, neuron resets included, is one graph
-    (fullgraph=True), with eager's output and gradients."""
-    import copy
-    torch.manual_seed(0)
-    net = models.convnet8(width=8, neuron=neuron)
-    eager = copy.deepcopy(net)
+    (fullgraph=True) per batch shape, with eager's outputs and gradients."""
+    graphs = []
     torch._dynamo.reset()
-    compiled = torch.compile(net, fullgraph=True, backend=lambda gm, ex: gm.forward)
-    x = torch.randn(4, 3, 1, 8, 8)
-    out, ref = compiled(x), eager(x)
-    assert torch.equal(out, ref)
-    out.square().sum().backward()
-    ref.square().sum().backward()
-    for a, b in zip(net.parameters(), eager.parameters(), strict=True):
-        assert torch.equal(a.grad, b.grad)
+    _compiled_against_eager(_recorder(graphs), rtol=0, neuron=neuron, reversible=False,
+                            fullgraph=True)
+    assert len(graphs) == 2  # the second batch size recompiles once
 
 
 def test_eager_use_never_imports_dynamo():
